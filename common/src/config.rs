@@ -1,0 +1,444 @@
+//! Configuration: built-in defaults → TOML file → `CCFLEET__SECTION__KEY` environment →
+//! command-line overrides, deserialized into [`Config`] and validated before anything
+//! starts. Every key is documented in `deploy/ccfleet.example.toml`; a test keeps the two
+//! in step. Tests build a [`Config`] from [`Sources`] with an explicit environment map and
+//! never touch the process environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, as TOML. Every key the service reads has a default here.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// The prefix of environment variables: `CCFLEET__NATS__URL` sets `nats.url`.
+pub const ENV_PREFIX: &str = "CCFLEET";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration could not be read")]
+    Load(#[source] ::config::ConfigError),
+    #[error("invalid configuration: `{key}` {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl Error {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A string that is never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub postgres: PostgresConfig,
+    pub object_store: ObjectStoreConfig,
+    pub telemetry: TelemetryConfig,
+    pub mattermost: MattermostConfig,
+    pub gateway: GatewayConfig,
+    pub worker: WorkerConfig,
+    pub model: ModelConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Comma-separated server URLs.
+    pub url: String,
+    /// Prefix of every subject, stream and bucket (see `proto::names`).
+    pub prefix: String,
+    pub connect_timeout_ms: u64,
+    /// JetStream replicas of the streams and buckets the fleet creates.
+    pub replicas: usize,
+    /// How long inbound events are kept in the stream.
+    pub events_max_age_s: u64,
+    /// The window in which a repeated `Nats-Msg-Id` is dropped.
+    pub duplicate_window_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: Secret,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectStoreKind {
+    S3,
+    Fs,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    pub kind: ObjectStoreKind,
+    /// S3: endpoint URL (empty for AWS itself).
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// S3: `true` for path-style URLs (`endpoint/bucket/key`), as most self-hosted servers want.
+    pub path_style: bool,
+    /// Every key is written under this prefix.
+    pub prefix: String,
+    /// fs: the root directory.
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An `EnvFilter` directive, e.g. `info,ccfleet=debug`. `RUST_LOG` wins when set.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318`. Empty: no export.
+    pub otlp_endpoint: String,
+    /// Fraction of traces sampled, 0.0–1.0.
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MattermostConfig {
+    /// Base URL of the Mattermost server. Empty: `ccfleet-gateway` refuses to start, and
+    /// `deploy/local/fleet` starts the simulator.
+    pub url: String,
+    /// The bot account's access token.
+    pub bot_token: Secret,
+    /// Token Mattermost sends with outgoing webhooks.
+    pub webhook_token: Secret,
+    /// Token Mattermost sends with the `/claude` slash command.
+    pub slash_token: Secret,
+    /// Fleet-wide budget of Mattermost API requests per second, shared by all gateways.
+    pub requests_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: String,
+    /// The URL people use to reach this gateway (for artifact links and action callbacks).
+    pub public_url: String,
+    /// Key of the HMAC that signs artifact links and button contexts.
+    pub signing_key: Secret,
+    /// Streaming edits of one post are coalesced to one per interval.
+    pub coalesce_interval_ms: u64,
+    pub shutdown_grace_s: u64,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Docker,
+    Process,
+    Sim,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Unique per worker; empty: `<hostname>-<pid>`.
+    pub id: String,
+    pub runtime: RuntimeKind,
+    /// Live sessions this worker runs at most.
+    pub max_sessions: usize,
+    /// A claim not renewed for this long is taken over by another worker.
+    pub lease_ttl_s: u64,
+    pub idle_timeout_s: u64,
+    pub max_session_lifetime_s: u64,
+    pub shutdown_grace_s: u64,
+    /// Path of the Claude Code CLI for the process runtime.
+    pub claude_bin: String,
+    /// Where the process runtime keeps session directories.
+    pub sessions_dir: PathBuf,
+    /// Docker image of the runner.
+    pub image: String,
+    /// Docker network for session containers (`none`, `bridge`, or a named network).
+    pub network: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids_limit: i64,
+    /// Permission mode of new sessions: `default` (ask in the thread), `acceptEdits`
+    /// (file edits run unasked), `plan`, or `bypassPermissions` (never ask; only in
+    /// hardened containers).
+    pub permission_mode: String,
+    /// How long an unanswered permission request waits before it is denied.
+    pub approval_timeout_s: u64,
+    /// Usernames (without `@`) who may answer any session's permission requests,
+    /// questions and plans, besides the session's owner.
+    pub approvers: Vec<String>,
+    /// Usernames who may use Claude; empty: everyone.
+    pub allowed_users: Vec<String>,
+    /// Channel ids where Claude may be used; empty: every channel.
+    pub allowed_channels: Vec<String>,
+    /// Live sessions one user may have started at once; 0: unlimited.
+    pub max_sessions_per_user: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `ANTHROPIC_BASE_URL` given to the CLI. Empty: Anthropic's API.
+    pub base_url: String,
+    pub api_key: Secret,
+    /// `--model`; empty: the CLI's default.
+    pub model: String,
+}
+
+/// Where configuration comes from, in increasing precedence after the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// Environment variables; only `CCFLEET__*` ones are read.
+    pub env: HashMap<String, String>,
+    /// `section.key` → value, e.g. from command-line flags.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The file from `--config`, the process environment, and overrides from flags.
+    pub fn from_process(file: Option<PathBuf>, overrides: Vec<(String, String)>) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            overrides,
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load(sources: &Sources) -> Result<Self, Error> {
+        use ::config::{Environment, File, FileFormat};
+
+        let mut builder =
+            ::config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = &sources.file {
+            if !path.exists() {
+                return Err(Error::invalid(
+                    "--config",
+                    format!("names {}, which does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                // Lists come from the environment as comma-separated values.
+                .list_separator(",")
+                .with_list_parse_key("worker.approvers")
+                .with_list_parse_key("worker.allowed_users")
+                .with_list_parse_key("worker.allowed_channels")
+                .source(Some(sources.env.clone().into_iter().collect())),
+        );
+        for (key, value) in &sources.overrides {
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(Error::Load)?;
+        }
+        let raw = builder.build().map_err(Error::Load)?;
+        let config: Config = raw.try_deserialize().map_err(|e| match e {
+            ::config::ConfigError::Type { ref key, .. } => Error::Invalid {
+                key: key.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            },
+            other => Error::Load(other),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot. Each error names the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        for url in self.nats.url.split(',') {
+            let url = url.trim();
+            if !(url.starts_with("nats://")
+                || url.starts_with("tls://")
+                || url.starts_with("ws://"))
+            {
+                return Err(Error::invalid(
+                    "nats.url",
+                    format!("must be nats:// URLs, got {url:?}"),
+                ));
+            }
+        }
+        if self.nats.prefix.is_empty()
+            || !self
+                .nats
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::invalid(
+                "nats.prefix",
+                "must be letters, digits, `_` or `-`",
+            ));
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            return Err(Error::invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if !self.postgres.url.expose().starts_with("postgres://")
+            && !self.postgres.url.expose().starts_with("postgresql://")
+        {
+            return Err(Error::invalid("postgres.url", "must be a postgres:// URL"));
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(Error::invalid("postgres.pool_size", "must be at least 1"));
+        }
+        match self.object_store.kind {
+            ObjectStoreKind::S3 => {
+                if self.object_store.bucket.is_empty() {
+                    return Err(Error::invalid(
+                        "object_store.bucket",
+                        "is required for kind = \"s3\"",
+                    ));
+                }
+                if !self.object_store.endpoint.is_empty()
+                    && !self.object_store.endpoint.starts_with("http")
+                {
+                    return Err(Error::invalid(
+                        "object_store.endpoint",
+                        "must be an http(s) URL",
+                    ));
+                }
+            }
+            ObjectStoreKind::Fs => {
+                if self.object_store.root.as_os_str().is_empty() {
+                    return Err(Error::invalid(
+                        "object_store.root",
+                        "is required for kind = \"fs\"",
+                    ));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(Error::invalid(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if !self.telemetry.otlp_endpoint.is_empty()
+            && !self.telemetry.otlp_endpoint.starts_with("http")
+        {
+            return Err(Error::invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http(s) URL or empty",
+            ));
+        }
+        if !self.mattermost.url.is_empty() && !self.mattermost.url.starts_with("http") {
+            return Err(Error::invalid(
+                "mattermost.url",
+                "must be an http(s) URL or empty",
+            ));
+        }
+        if self.mattermost.requests_per_second == 0 {
+            return Err(Error::invalid(
+                "mattermost.requests_per_second",
+                "must be at least 1",
+            ));
+        }
+        if self.gateway.listen.parse::<SocketAddr>().is_err() {
+            return Err(Error::invalid(
+                "gateway.listen",
+                "must be an address like 127.0.0.1:8080",
+            ));
+        }
+        if !self.gateway.public_url.starts_with("http") {
+            return Err(Error::invalid(
+                "gateway.public_url",
+                "must be an http(s) URL",
+            ));
+        }
+        if self.gateway.coalesce_interval_ms == 0 {
+            return Err(Error::invalid(
+                "gateway.coalesce_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.worker.max_sessions == 0 {
+            return Err(Error::invalid("worker.max_sessions", "must be at least 1"));
+        }
+        if self.worker.lease_ttl_s < 2 {
+            return Err(Error::invalid("worker.lease_ttl_s", "must be at least 2"));
+        }
+        if ![
+            "default",
+            "acceptEdits",
+            "plan",
+            "bypassPermissions",
+            "dontAsk",
+        ]
+        .contains(&self.worker.permission_mode.as_str())
+        {
+            return Err(Error::invalid(
+                "worker.permission_mode",
+                "must be default, acceptEdits, plan, bypassPermissions or dontAsk",
+            ));
+        }
+        if self.worker.cpus <= 0.0 {
+            return Err(Error::invalid("worker.cpus", "must be positive"));
+        }
+        if !self.model.base_url.is_empty() && !self.model.base_url.starts_with("http") {
+            return Err(Error::invalid(
+                "model.base_url",
+                "must be an http(s) URL or empty",
+            ));
+        }
+        Ok(())
+    }
+}

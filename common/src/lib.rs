@@ -1,0 +1,29 @@
+//! Plumbing every ccfleet process shares: typed configuration, telemetry, and clients for
+//! NATS JetStream, PostgreSQL and the object store.
+//!
+//! Invariant: no business logic lives here. This crate knows how to connect, create
+//! streams, run migrations and carry trace context; what the fleet does with them lives
+//! in `gateway` and `worker`.
+
+pub mod cli;
+pub mod config;
+pub mod nats;
+pub mod pg;
+pub mod signals;
+pub mod signing;
+pub mod store;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testsupport;
+
+/// Exit code for a configuration error (`EX_CONFIG` would be 78; we follow linkerd and
+/// use `EX_USAGE`, 64, as the brief asks).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

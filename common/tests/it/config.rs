@@ -1,0 +1,140 @@
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use common::config::{Config, Error, ObjectStoreKind, Sources};
+
+fn example_path() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/ccfleet.example.toml"
+    ))
+}
+
+fn keys(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let toml::Value::Table(table) = value {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if v.is_table() {
+                keys(v, &key, out);
+            } else {
+                out.insert(key);
+            }
+        }
+    }
+}
+
+fn load(env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Config, Error> {
+    Config::load(&Sources {
+        file: None,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        overrides: overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+}
+
+#[test]
+fn the_shipped_example_parses_and_documents_every_key() {
+    let config = Config::load(&Sources {
+        file: Some(example_path()),
+        env: HashMap::new(),
+        overrides: vec![],
+    })
+    .expect("example config is valid");
+    assert_eq!(config.nats.prefix, "ccfleet");
+
+    let example = toml::Value::Table(
+        toml::from_str(&std::fs::read_to_string(example_path()).unwrap()).unwrap(),
+    );
+    let defaults = toml::Value::Table(toml::from_str(common::config::DEFAULTS).unwrap());
+    let (mut documented, mut known) = (BTreeSet::new(), BTreeSet::new());
+    keys(&example, "", &mut documented);
+    keys(&defaults, "", &mut known);
+    assert_eq!(
+        documented, known,
+        "deploy/ccfleet.example.toml and the defaults list different keys"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_the_environment() {
+    let config = load(
+        &[("CCFLEET__WORKER__MAX_SESSIONS", "7"), ("UNRELATED", "x")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.worker.max_sessions, 7);
+    let config = load(
+        &[("CCFLEET__WORKER__MAX_SESSIONS", "7")],
+        &[("worker.max_sessions", "9")],
+    )
+    .unwrap();
+    assert_eq!(config.worker.max_sessions, 9);
+    let config = load(&[("CCFLEET__OBJECT_STORE__KIND", "fs")], &[]).unwrap();
+    assert_eq!(config.object_store.kind, ObjectStoreKind::Fs);
+}
+
+#[test]
+fn a_bad_value_is_reported_with_its_key() {
+    let err = load(&[], &[("worker.max_sessions", "0")]).unwrap_err();
+    assert!(err.to_string().contains("worker.max_sessions"), "{err}");
+    let err = load(&[], &[("gateway.listen", "not an address")]).unwrap_err();
+    assert!(err.to_string().contains("gateway.listen"), "{err}");
+    let err = load(&[("CCFLEET__NATS__URL", "http://x")], &[]).unwrap_err();
+    assert!(err.to_string().contains("nats.url"), "{err}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_reported_with_its_key() {
+    let err = load(&[], &[("worker.max_sessions", "many")]).unwrap_err();
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("max_sessions"), "{chain}");
+}
+
+#[test]
+fn an_unknown_key_is_rejected_by_name() {
+    let err = load(&[], &[("worker.max_sesions", "3")]).unwrap_err();
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push_str(&e.to_string());
+        source = e.source();
+    }
+    assert!(chain.contains("max_sesions"), "{chain}");
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let err = Config::load(&Sources {
+        file: Some("/nonexistent/ccfleet.toml".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("--config"), "{err}");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let config = load(
+        &[("CCFLEET__MODEL__API_KEY", "sk-ant-very-secret")],
+        &[("mattermost.bot_token", "bot-token-secret")],
+    )
+    .unwrap();
+    assert_eq!(config.model.api_key.expose(), "sk-ant-very-secret");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("very-secret"), "{debug}");
+    assert!(!debug.contains("bot-token-secret"), "{debug}");
+}

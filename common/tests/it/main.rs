@@ -1,0 +1,8 @@
+//! common's integration tests. The `services` modules use the real local services
+//! (`deploy/local/services up`).
+
+mod config;
+mod nats;
+mod pg;
+mod store;
+mod telemetry;

@@ -1,0 +1,133 @@
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::nats::{Topology, ensure_fabric};
+use common::testsupport::TestEnv;
+use futures::StreamExt;
+use proto::names::MSG_ID_HEADER;
+use proto::{ChatEvent, Message, ThreadId};
+
+fn topology(env: &TestEnv) -> Topology {
+    Topology::from_config(&env.config.nats, Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn jetstream_publish_is_acknowledged_and_deduplicated() {
+    let env = TestEnv::new().await;
+    let client = env.nats().await;
+    let fabric = ensure_fabric(&client, &topology(&env)).await.unwrap();
+    // A second call opens what the first created.
+    ensure_fabric(&client, &topology(&env)).await.unwrap();
+
+    let names = topology(&env).names;
+    let subject = names.event_subject(&ThreadId::from("thread1"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, "post-1");
+    let first = fabric
+        .js
+        .publish_with_headers(subject.clone(), headers.clone(), "one".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let second = fabric
+        .js
+        .publish_with_headers(subject.clone(), headers, "one again".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        second.duplicate,
+        "same Nats-Msg-Id within the window is a duplicate"
+    );
+    assert_eq!(first.sequence, second.sequence);
+
+    let mut events = fabric.events.clone();
+    assert_eq!(events.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn kv_compare_and_set_lets_exactly_one_writer_win() {
+    let env = TestEnv::new().await;
+    let client = env.nats().await;
+    let fabric = ensure_fabric(&client, &topology(&env)).await.unwrap();
+    let leases = fabric.leases;
+
+    let revision = leases.create("thread-a", "worker-1".into()).await.unwrap();
+    assert!(
+        leases.create("thread-a", "worker-2".into()).await.is_err(),
+        "create is create-if-absent"
+    );
+
+    let renewed = leases
+        .update("thread-a", "worker-1".into(), revision)
+        .await
+        .unwrap();
+    let stale = leases.update("thread-a", "worker-2".into(), revision).await;
+    assert!(stale.is_err(), "an update with a stale revision must fail");
+    let entry = leases.entry("thread-a").await.unwrap().unwrap();
+    assert_eq!(entry.revision, renewed);
+    assert_eq!(&entry.value[..], b"worker-1");
+}
+
+#[tokio::test]
+async fn a_chat_event_travels_through_jetstream_with_its_trace_context() {
+    let env = TestEnv::new().await;
+    let client = env.nats().await;
+    let fabric = ensure_fabric(&client, &topology(&env)).await.unwrap();
+    let names = topology(&env).names;
+
+    let event = ChatEvent {
+        event_id: "post-9".into(),
+        thread: ThreadId::from("thread9"),
+        channel: "chan".into(),
+        user: proto::v1::User {
+            id: "user".into(),
+            username: "alice".into(),
+        },
+        received_at_ms: common::now_ms(),
+        body: proto::v1::EventBody::Reaction(proto::v1::Reaction {
+            post_id: "post-9".into(),
+            emoji: "+1".into(),
+            added: true,
+            create_at_ms: 1,
+        }),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        proto::trace::TRACEPARENT,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    fabric
+        .js
+        .publish_with_headers(
+            names.event_subject(&event.thread),
+            headers,
+            event.encode().unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let consumer = fabric
+        .events
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("it".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = messages.next().await.unwrap().unwrap();
+    assert_eq!(ChatEvent::decode(&message.payload).unwrap(), event);
+    let cx = common::telemetry::extract(message.headers.as_ref());
+    use opentelemetry::trace::TraceContextExt;
+    assert_eq!(
+        cx.span().span_context().trace_id().to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    message.ack().await.unwrap();
+}

@@ -1,0 +1,348 @@
+//! HTTP ingress: outgoing webhooks, the `/claude` slash command, button actions and
+//! dialog submissions, as Mattermost sends them (see the reference, §2–4).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use common::signing::ActionClaims;
+use proto::v1::{
+    ButtonAction, DialogSubmission, EventBody, MessagePosted, SlashCommand, Source, User,
+};
+use proto::{ChatEvent, PostId, ThreadId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{channel_type, token_matches};
+use crate::AppState;
+use crate::error::Error;
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Error> {
+    if is_json(headers) {
+        serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    } else {
+        serde_urlencoded::from_bytes(body)
+            .map_err(|e| Error::BadRequest(format!("invalid form body: {e}")))
+    }
+}
+
+/// An outgoing webhook's request (JSON or form).
+#[derive(Debug, Deserialize)]
+pub struct WebhookRequest {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    user_name: String,
+    #[serde(default)]
+    post_id: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    file_ids: String,
+    /// JSON: milliseconds; form: seconds.
+    #[serde(default)]
+    timestamp: Value,
+}
+
+pub async fn outgoing_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let request: WebhookRequest = decode(&headers, &body)?;
+    if !token_matches(
+        &request.token,
+        state.config.mattermost.webhook_token.expose(),
+    ) {
+        return Err(Error::Unauthorized);
+    }
+    if request.post_id.is_empty() || request.channel_id.is_empty() || request.user_id.is_empty() {
+        return Err(Error::BadRequest(
+            "post_id, channel_id and user_id are required".into(),
+        ));
+    }
+    if request.user_id == state.bot.id {
+        return Ok(Json(json!({})).into_response());
+    }
+    let create_at_ms = match &request.timestamp {
+        Value::Number(n) if is_json(&headers) => n.as_i64().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0) * 1000,
+        Value::String(s) => s.parse::<i64>().map(|s| s * 1000).unwrap_or(0),
+        _ => 0,
+    };
+    let post_id = PostId::new(request.post_id);
+    // Outgoing webhooks do not say whether the post is a reply: it starts a thread.
+    let thread = ThreadId::of_post(&post_id, None);
+    let event = ChatEvent {
+        event_id: post_id.to_string(),
+        thread: thread.clone(),
+        channel: request.channel_id.as_str().into(),
+        user: User {
+            id: request.user_id.as_str().into(),
+            username: request.user_name,
+        },
+        received_at_ms: common::now_ms(),
+        body: EventBody::Message(MessagePosted {
+            post_id,
+            root_id: None,
+            text: request.text,
+            file_ids: request
+                .file_ids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(proto::FileId::from)
+                .collect(),
+            mentions_bot: true,
+            channel_type: channel_type("O"),
+            source: Source::OutgoingWebhook,
+            create_at_ms,
+        }),
+    };
+    state.publisher.join_thread(&thread).await;
+    if let EventBody::Message(message) = &event.body {
+        state
+            .publisher
+            .stage_files(&thread, &message.file_ids)
+            .await;
+    }
+    state
+        .publisher
+        .publish(&event, "webhook")
+        .await
+        .map_err(Error::Publish)?;
+    // An empty object: no reply post from Mattermost; the worker answers in the thread.
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SlashRequest {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    team_id: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    user_name: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    trigger_id: String,
+    #[serde(default)]
+    root_id: String,
+    #[serde(default)]
+    response_url: String,
+}
+
+pub const HELP: &str = "\
+**Claude Code in Mattermost**
+- Mention the bot (or `/claude <prompt>`) to start a session; the thread becomes the session.
+- Reply in the thread to continue; mention someone else first to talk past the bot.
+- `/claude status` in a thread: session, worker, queue position and usage.
+- `/claude stop` in a thread (or react with :x: or :octagonal_sign:): stop the current turn; the session stays resumable.
+- `/claude help`: this message.";
+
+fn ephemeral(text: impl Into<String>) -> Response {
+    Json(json!({ "response_type": "ephemeral", "text": text.into() })).into_response()
+}
+
+pub async fn slash_command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let request: SlashRequest = decode(&headers, &body)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Token "))
+        .unwrap_or(&request.token);
+    if !token_matches(presented, state.config.mattermost.slash_token.expose()) {
+        return Err(Error::Unauthorized);
+    }
+    let text = request.text.trim();
+    let verb = text.split_whitespace().next().unwrap_or("");
+    if verb.is_empty() || verb == "help" {
+        return Ok(ephemeral(HELP));
+    }
+    let in_thread = !request.root_id.is_empty();
+    if matches!(verb, "status" | "stop" | "cancel") && !in_thread {
+        return Ok(ephemeral(format!(
+            "`/claude {verb}` works inside a session's thread: open the thread and run it there."
+        )));
+    }
+    let thread = if in_thread {
+        ThreadId::new(request.root_id.clone())
+    } else {
+        // A prompt outside a thread starts one: the bot posts the prompt as its root.
+        let root = format!("@{} asked: {}", request.user_name, text);
+        let pending = format!("ccfleet:slash:{}", request.trigger_id);
+        let (post, _) = state
+            .mattermost
+            .create_post(&request.channel_id, "", &root, None, &[], &pending)
+            .await
+            .map_err(Error::Mattermost)?;
+        ThreadId::new(post.id)
+    };
+    let event = ChatEvent {
+        event_id: format!("slash:{}", request.trigger_id),
+        thread: thread.clone(),
+        channel: request.channel_id.as_str().into(),
+        user: User {
+            id: request.user_id.as_str().into(),
+            username: request.user_name.clone(),
+        },
+        received_at_ms: common::now_ms(),
+        body: EventBody::SlashCommand(SlashCommand {
+            command: request.command,
+            text: text.to_owned(),
+            trigger_id: request.trigger_id,
+            team_id: request.team_id,
+            root_id: Some(PostId::new(thread.to_string())),
+            response_url: request.response_url,
+        }),
+    };
+    state.publisher.join_thread(&thread).await;
+    state
+        .publisher
+        .publish(&event, "slash")
+        .await
+        .map_err(Error::Publish)?;
+    Ok(ephemeral(match verb {
+        "status" => "Looking up the session…".to_owned(),
+        "stop" | "cancel" => "Stopping the current turn…".to_owned(),
+        _ if in_thread => "Sent to the session.".to_owned(),
+        _ => "Started a Claude Code session in a new thread.".to_owned(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionRequest {
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    user_name: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    post_id: String,
+    #[serde(default)]
+    trigger_id: String,
+    #[serde(default)]
+    context: Value,
+}
+
+pub async fn action(
+    State(state): State<AppState>,
+    Json(request): Json<ActionRequest>,
+) -> Result<Response, Error> {
+    let token = request
+        .context
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let claims: ActionClaims = state
+        .signer
+        .verify(token, common::now_ms() / 1000)
+        .map_err(|_| Error::Forbidden("this button is no longer valid"))?;
+    if claims.channel != request.channel_id {
+        return Err(Error::Forbidden("this button belongs to another channel"));
+    }
+    let trigger = if request.trigger_id.is_empty() {
+        format!("{}:{}", request.user_id, common::now_ms())
+    } else {
+        request.trigger_id.clone()
+    };
+    let event = ChatEvent {
+        event_id: format!("action:{}:{}:{trigger}", request.post_id, claims.action),
+        thread: ThreadId::new(claims.thread.clone()),
+        channel: request.channel_id.as_str().into(),
+        user: User {
+            id: request.user_id.as_str().into(),
+            username: request.user_name,
+        },
+        received_at_ms: common::now_ms(),
+        body: EventBody::ButtonAction(ButtonAction {
+            post_id: PostId::new(request.post_id),
+            action: claims.action,
+            context_json: claims.data,
+            trigger_id: (!request.trigger_id.is_empty()).then_some(request.trigger_id),
+        }),
+    };
+    state
+        .publisher
+        .publish(&event, "action")
+        .await
+        .map_err(Error::Publish)?;
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DialogRequest {
+    #[serde(default)]
+    callback_id: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    submission: Value,
+    #[serde(default)]
+    cancelled: bool,
+}
+
+pub async fn dialog(
+    State(state): State<AppState>,
+    Json(request): Json<DialogRequest>,
+) -> Result<Response, Error> {
+    let claims: ActionClaims = state
+        .signer
+        .verify(&request.state, common::now_ms() / 1000)
+        .map_err(|_| Error::Forbidden("this dialog is no longer valid"))?;
+    let event = ChatEvent {
+        event_id: format!(
+            "dialog:{}:{}:{}",
+            request.callback_id,
+            request.user_id,
+            common::now_ms()
+        ),
+        thread: ThreadId::new(claims.thread.clone()),
+        channel: request.channel_id.as_str().into(),
+        user: User {
+            id: request.user_id.as_str().into(),
+            username: String::new(),
+        },
+        received_at_ms: common::now_ms(),
+        body: EventBody::DialogSubmission(DialogSubmission {
+            callback_id: request.callback_id,
+            state: claims.data,
+            submission_json: request.submission.to_string(),
+            cancelled: request.cancelled,
+        }),
+    };
+    state
+        .publisher
+        .publish(&event, "dialog")
+        .await
+        .map_err(Error::Publish)?;
+    Ok(Json(json!({})).into_response())
+}

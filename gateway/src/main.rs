@@ -1,0 +1,28 @@
+//! `ccfleet-gateway`: parse flags, load configuration, start telemetry, serve.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// ccfleet gateway: Mattermost ingress and egress, artifact links.
+#[derive(Debug, Parser)]
+#[command(name = "ccfleet-gateway", version, about)]
+struct Args {
+    #[command(flatten)]
+    config: common::cli::ConfigArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = args.config.load_or_exit("ccfleet-gateway");
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let _telemetry = common::telemetry::init(&config.telemetry, "ccfleet-gateway")?;
+        let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+        let shutdown = CancellationToken::new();
+        common::signals::cancel_on_signal(shutdown.clone());
+        let gateway = gateway::Gateway::build(config, gateway::Options::default()).await?;
+        gateway.run(listener, shutdown).await?;
+        anyhow::Ok(())
+    })
+}

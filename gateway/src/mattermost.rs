@@ -1,0 +1,380 @@
+//! The Mattermost REST v4 calls the gateway makes, with errors classified for retry.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Mattermost rate limit hit; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    #[error("Mattermost answered {status} to {call}: {id}")]
+    Status {
+        call: &'static str,
+        status: u16,
+        /// Mattermost's error id, e.g. `api.post.create_post.root_id.app_error`.
+        id: String,
+    },
+    #[error("request to Mattermost failed ({call})")]
+    Network {
+        call: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Mattermost sent an unexpected body for {call}")]
+    Body {
+        call: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl Error {
+    /// Worth retrying: rate limits, server errors, network failures.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::Network { .. } => true,
+            Error::Status { status, .. } => *status >= 500 || *status == 408,
+            Error::Body { .. } => false,
+        }
+    }
+}
+
+/// What the server said about its rate limit in the last response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateInfo {
+    pub remaining: Option<u64>,
+    pub reset: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Post {
+    pub id: String,
+    #[serde(default)]
+    pub channel_id: String,
+    #[serde(default)]
+    pub root_id: String,
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub props: Value,
+    #[serde(default)]
+    pub file_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+}
+
+/// A REST client authenticated as the bot.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    id: String,
+}
+
+impl Client {
+    pub fn new(base_url: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("static reqwest configuration is valid");
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(reqwest::Response, RateInfo), Error> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/api/v4{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::Network { call, source })?;
+        check(call, response).await
+    }
+
+    pub async fn me(&self) -> Result<User, Error> {
+        let (response, _) = self.call("get me", Method::GET, "/users/me", None).await?;
+        response.json().await.map_err(|source| Error::Body {
+            call: "get me",
+            source,
+        })
+    }
+
+    pub async fn user(&self, user_id: &str) -> Result<User, Error> {
+        let (response, _) = self
+            .call("get user", Method::GET, &format!("/users/{user_id}"), None)
+            .await?;
+        response.json().await.map_err(|source| Error::Body {
+            call: "get user",
+            source,
+        })
+    }
+
+    /// A file's name (`GET /files/{id}/info`).
+    pub async fn file_name(&self, file_id: &str) -> Result<String, Error> {
+        let (response, _) = self
+            .call(
+                "get file info",
+                Method::GET,
+                &format!("/files/{file_id}/info"),
+                None,
+            )
+            .await?;
+        let info: Value = response.json().await.map_err(|source| Error::Body {
+            call: "get file info",
+            source,
+        })?;
+        Ok(info["name"].as_str().unwrap_or(file_id).to_owned())
+    }
+
+    /// A file's content (`GET /files/{id}`).
+    pub async fn file(&self, file_id: &str) -> Result<bytes::Bytes, Error> {
+        let (response, _) = self
+            .call("get file", Method::GET, &format!("/files/{file_id}"), None)
+            .await?;
+        response.bytes().await.map_err(|source| Error::Body {
+            call: "get file",
+            source,
+        })
+    }
+
+    pub async fn get_post(&self, post_id: &str) -> Result<Post, Error> {
+        let (response, _) = self
+            .call("get post", Method::GET, &format!("/posts/{post_id}"), None)
+            .await?;
+        response.json().await.map_err(|source| Error::Body {
+            call: "get post",
+            source,
+        })
+    }
+
+    /// Creates a post. `pending_post_id` makes retries idempotent: Mattermost returns the
+    /// post created by an earlier attempt with the same id.
+    pub async fn create_post(
+        &self,
+        channel_id: &str,
+        root_id: &str,
+        message: &str,
+        props: Option<&Value>,
+        file_ids: &[String],
+        pending_post_id: &str,
+    ) -> Result<(Post, RateInfo), Error> {
+        let mut body = json!({
+            "channel_id": channel_id,
+            "root_id": root_id,
+            "message": message,
+            "pending_post_id": pending_post_id,
+        });
+        if let Some(props) = props {
+            body["props"] = props.clone();
+        }
+        if !file_ids.is_empty() {
+            body["file_ids"] = json!(file_ids);
+        }
+        let (response, rate) = self
+            .call("create post", Method::POST, "/posts", Some(body))
+            .await?;
+        let post = response.json().await.map_err(|source| Error::Body {
+            call: "create post",
+            source,
+        })?;
+        Ok((post, rate))
+    }
+
+    pub async fn patch_post(
+        &self,
+        post_id: &str,
+        message: &str,
+        props: Option<&Value>,
+    ) -> Result<RateInfo, Error> {
+        let mut body = json!({ "message": message });
+        if let Some(props) = props {
+            body["props"] = props.clone();
+        }
+        let (_, rate) = self
+            .call(
+                "patch post",
+                Method::PUT,
+                &format!("/posts/{post_id}/patch"),
+                Some(body),
+            )
+            .await?;
+        Ok(rate)
+    }
+
+    pub async fn add_reaction(
+        &self,
+        user_id: &str,
+        post_id: &str,
+        emoji: &str,
+    ) -> Result<RateInfo, Error> {
+        let body = json!({ "user_id": user_id, "post_id": post_id, "emoji_name": emoji });
+        let (_, rate) = self
+            .call("add reaction", Method::POST, "/reactions", Some(body))
+            .await?;
+        Ok(rate)
+    }
+
+    pub async fn remove_reaction(
+        &self,
+        user_id: &str,
+        post_id: &str,
+        emoji: &str,
+    ) -> Result<RateInfo, Error> {
+        let path = format!("/users/{user_id}/posts/{post_id}/reactions/{emoji}");
+        match self
+            .call("remove reaction", Method::DELETE, &path, None)
+            .await
+        {
+            Ok((_, rate)) => Ok(rate),
+            // Already gone: the goal is reached.
+            Err(Error::Status { status: 404, .. }) => Ok(RateInfo::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn ephemeral(
+        &self,
+        user_id: &str,
+        channel_id: &str,
+        root_id: &str,
+        message: &str,
+    ) -> Result<RateInfo, Error> {
+        let body = json!({
+            "user_id": user_id,
+            "post": { "channel_id": channel_id, "root_id": root_id, "message": message },
+        });
+        let (_, rate) = self
+            .call(
+                "ephemeral post",
+                Method::POST,
+                "/posts/ephemeral",
+                Some(body),
+            )
+            .await?;
+        Ok(rate)
+    }
+
+    /// Uploads one file to a channel; returns its file id.
+    pub async fn upload_file(
+        &self,
+        channel_id: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(String, RateInfo), Error> {
+        let call = "upload file";
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str(content_type)
+            .unwrap_or_else(|_| reqwest::multipart::Part::bytes(Vec::new()));
+        let form = reqwest::multipart::Form::new()
+            .text("channel_id", channel_id.to_owned())
+            .part("files", part);
+        let response = self
+            .http
+            .post(format!("{}/api/v4/files", self.base))
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|source| Error::Network { call, source })?;
+        let (response, rate) = check(call, response).await?;
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|source| Error::Body { call, source })?;
+        let id = body["file_infos"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok((id, rate))
+    }
+}
+
+fn rate_info(response: &reqwest::Response) -> RateInfo {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    RateInfo {
+        remaining: header("X-RateLimit-Remaining"),
+        reset: header("X-RateLimit-Reset").map(Duration::from_secs),
+    }
+}
+
+async fn check(
+    call: &'static str,
+    response: reqwest::Response,
+) -> Result<(reqwest::Response, RateInfo), Error> {
+    let rate = rate_info(&response);
+    let status = response.status();
+    if status.is_success() {
+        return Ok((response, rate));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = response
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .or(rate.reset)
+            .unwrap_or(Duration::from_secs(1));
+        return Err(Error::RateLimited { retry_after });
+    }
+    let id = response
+        .json::<ErrorBody>()
+        .await
+        .map(|b| b.id)
+        .unwrap_or_default();
+    Err(Error::Status {
+        call,
+        status: status.as_u16(),
+        id,
+    })
+}

@@ -1,0 +1,107 @@
+//! Prometheus metrics of the gateway, served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Mattermost events accepted, by source (websocket, webhook, slash, action, dialog).
+    pub events_in: Family<Labels, Counter>,
+    /// Publish → JetStream ack, seconds.
+    pub publish_latency: Histogram,
+    /// Mattermost REST calls made by egress, by call and outcome.
+    pub egress_calls: Family<Labels, Counter>,
+    /// 429 answers from Mattermost (retried; never shown to users).
+    pub rate_limited: Counter,
+    /// Reply operation created → applied, seconds.
+    pub egress_lag: Histogram,
+    /// Reply operations that exhausted their retries.
+    pub dead_letters: Counter,
+    /// 1 while this replica is the egress leader.
+    pub egress_leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ccfleet_gateway");
+        let events_in = Family::<Labels, Counter>::default();
+        registry.register("events_in", "Mattermost events accepted", events_in.clone());
+        let publish_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "publish_latency_seconds",
+            "Publish to JetStream until acknowledged",
+            publish_latency.clone(),
+        );
+        let egress_calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "egress_calls",
+            "Mattermost REST calls made by egress",
+            egress_calls.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "mattermost_429",
+            "Rate-limited answers from Mattermost",
+            rate_limited.clone(),
+        );
+        let egress_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "egress_lag_seconds",
+            "Reply operation created until applied to Mattermost",
+            egress_lag.clone(),
+        );
+        let dead_letters = Counter::default();
+        registry.register(
+            "dead_letters",
+            "Reply operations dead-lettered",
+            dead_letters.clone(),
+        );
+        let egress_leader = Gauge::default();
+        registry.register(
+            "egress_leader",
+            "1 while this replica applies replies",
+            egress_leader.clone(),
+        );
+        Self {
+            registry,
+            events_in,
+            publish_latency,
+            egress_calls,
+            rate_limited,
+            egress_lag,
+            dead_letters,
+            egress_leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn event_in(&self, source: &'static str) {
+        self.events_in
+            .get_or_create(&vec![("source", source.to_owned())])
+            .inc();
+    }
+
+    pub fn egress_call(&self, call: &'static str, outcome: &'static str) {
+        self.egress_calls
+            .get_or_create(&vec![
+                ("call", call.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,9 @@
+//! Test doubles and benchmarks: the Mattermost simulator, the fake Anthropic Messages
+//! API, scripted users, and the `bench` scenarios.
+
+pub mod bench;
+pub mod chat;
+pub mod fake_model;
+pub mod fleet;
+pub mod fleet_cmd;
+pub mod mmsim;

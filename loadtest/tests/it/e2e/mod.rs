@@ -1,0 +1,8 @@
+//! End to end: everything real except Mattermost and the model — nats-server, PostgreSQL,
+//! Garage, the real Claude Code CLI (process runtime here; docker in `docker.rs`), the fake
+//! model and the simulator — acting as users through the simulator's public API.
+
+mod chat;
+mod docker;
+mod fleet;
+pub mod support;

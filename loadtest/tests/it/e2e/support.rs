@@ -1,0 +1,118 @@
+//! Helpers for end-to-end tests.
+
+use std::time::Duration;
+
+use common::config::RuntimeKind;
+use common::testsupport::TestEnv;
+use loadtest::fleet::{FleetOptions, LocalFleet};
+use loadtest::mmsim::model::Post;
+
+pub async fn fleet(
+    env: &TestEnv,
+    workers: usize,
+    max_sessions: usize,
+    runtime: RuntimeKind,
+    mode: &str,
+) -> LocalFleet {
+    fleet_with(env, workers, max_sessions, runtime, mode, |_| {}).await
+}
+
+pub async fn fleet_with(
+    env: &TestEnv,
+    workers: usize,
+    max_sessions: usize,
+    runtime: RuntimeKind,
+    mode: &str,
+    tweak: impl FnOnce(&mut common::config::Config),
+) -> LocalFleet {
+    // RUST_LOG=info (or finer) shows the fleet's logs in failing tests' output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mut config = env.config.clone();
+    config.worker.permission_mode = mode.to_owned();
+    config.worker.lease_ttl_s = 3;
+    config.worker.idle_timeout_s = 600;
+    config.worker.shutdown_grace_s = 10;
+    config.gateway.coalesce_interval_ms = 200;
+    config.mattermost.requests_per_second = 500;
+    tweak(&mut config);
+    let sessions = std::env::temp_dir().join(format!("ccfleet-e2e-{}", env.prefix));
+    LocalFleet::start(
+        config,
+        FleetOptions {
+            workers,
+            runtime,
+            max_sessions,
+            contract: true,
+            sessions_dir: sessions,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("the local fleet starts")
+}
+
+pub use common::testsupport::eventually;
+
+/// The bot's posts in a thread, oldest first.
+pub async fn bot_posts(fleet: &LocalFleet, root: &str) -> Vec<Post> {
+    let Ok(thread) = fleet.demo().thread(root).await else {
+        return Vec::new();
+    };
+    let bot = fleet.boot.bot.id.clone();
+    let mut posts: Vec<Post> = thread
+        .posts
+        .into_values()
+        .filter(|p| p.user_id == bot)
+        .collect();
+    posts.sort_by_key(|p| (p.create_at, p.id.clone()));
+    posts
+}
+
+/// Waits until a bot post in the thread satisfies `pred`; returns it.
+pub async fn wait_for_post(
+    fleet: &LocalFleet,
+    root: &str,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Post) -> bool,
+) -> Post {
+    eventually(within, what, || async {
+        bot_posts(fleet, root).await.into_iter().find(|p| pred(p))
+    })
+    .await
+}
+
+/// A finished answer carries the per-turn footer.
+pub fn is_answer(post: &Post) -> bool {
+    post.message.contains(":stopwatch:")
+}
+
+pub async fn answers(fleet: &LocalFleet, root: &str) -> Vec<Post> {
+    bot_posts(fleet, root)
+        .await
+        .into_iter()
+        .filter(is_answer)
+        .collect()
+}
+
+/// The first link in `text` whose label is `label`.
+pub fn link(text: &str, label: &str) -> Option<String> {
+    let marker = format!("[{label}](");
+    let start = text.find(&marker)? + marker.len();
+    let end = text[start..].find(')')?;
+    Some(text[start..start + end].to_owned())
+}
+
+pub async fn assert_contract(fleet: &LocalFleet) {
+    let report = fleet.control.contract().await.unwrap();
+    assert!(
+        report.violations.is_empty(),
+        "contract violations: {:#?}",
+        report.violations
+    );
+}

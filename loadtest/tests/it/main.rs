@@ -1,0 +1,7 @@
+//! loadtest's integration tests: the simulator and the fake model, through their
+//! network interfaces only.
+
+mod bench;
+mod e2e;
+mod fake_model;
+mod mmsim;

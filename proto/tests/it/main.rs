@@ -1,0 +1,6 @@
+//! proto's integration tests: golden bytes, version checks, round trips.
+
+mod golden;
+mod roundtrip;
+mod samples;
+mod versions;

@@ -1,0 +1,778 @@
+//! What the thread shows, as Mattermost markdown: the session header, the streaming
+//! answer with compact tool lines, the per-turn footer, the artifact block, notices and
+//! errors in plain words. Pure functions; snapshot-tested.
+
+use serde_json::{Value, json};
+
+use crate::agent::{Question, TodoItem, TurnResult};
+
+/// The session header's facts.
+#[derive(Debug, Clone)]
+pub struct Header<'a> {
+    pub started_by: &'a str,
+    pub participants: &'a [String],
+    pub permission_mode: &'a str,
+    pub worker: &'a str,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Starting,
+    Working,
+    WaitingForApproval,
+    Idle,
+    Stopped,
+    Queued(u64),
+}
+
+impl Status {
+    fn text(self) -> String {
+        match self {
+            Status::Starting => ":hourglass_flowing_sand: starting".into(),
+            Status::Working => ":large_green_circle: working".into(),
+            Status::WaitingForApproval => ":raised_hand: waiting for approval".into(),
+            Status::Idle => ":zzz: idle — reply in this thread to continue".into(),
+            Status::Stopped => {
+                ":black_square_for_stop: stopped — reply in this thread to resume".into()
+            }
+            Status::Queued(n) => format!(":hourglass: queued (position {n})"),
+        }
+    }
+}
+
+pub fn header(h: &Header<'_>) -> String {
+    let participants = if h.participants.is_empty() {
+        format!("@{}", h.started_by)
+    } else {
+        h.participants
+            .iter()
+            .map(|p| format!("@{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "#### :robot_face: Claude Code session\n\
+         | | |\n|---|---|\n\
+         | Started by | @{} |\n\
+         | Participants | {} |\n\
+         | Permission mode | `{}` |\n\
+         | Worker | `{}` |\n\
+         | Status | {} |",
+        h.started_by,
+        participants,
+        h.permission_mode,
+        h.worker,
+        h.status.text()
+    )
+}
+
+fn str_field<'a>(input: &'a Value, key: &str) -> &'a str {
+    input.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn fence(text: &str) -> String {
+    // A fence longer than any backtick run inside keeps the block closed.
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
+}
+
+fn preview(text: &str, lines: usize) -> (String, usize) {
+    let total = text.lines().count();
+    let shown: Vec<&str> = text.lines().take(lines).collect();
+    (shown.join("\n"), total.saturating_sub(lines))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+/// A compact line (or small block) for one tool call.
+pub fn tool_use(name: &str, input: &Value) -> String {
+    match name {
+        "Bash" => {
+            let command = str_field(input, "command");
+            let f = fence(command);
+            format!(
+                ":computer: **Bash**\n{f}bash\n$ {}\n{f}",
+                truncate(command, 2000)
+            )
+        }
+        "Read" => format!(":book: **Read** `{}`", str_field(input, "file_path")),
+        "Write" => {
+            let path = str_field(input, "file_path");
+            let content = str_field(input, "content");
+            let (shown, more) = preview(content, 10);
+            let f = fence(&shown);
+            let more = if more > 0 {
+                format!("\n_… {more} more lines_")
+            } else {
+                String::new()
+            };
+            format!(
+                ":memo: **Write** `{path}` ({} lines)\n{f}\n{shown}\n{f}{more}",
+                content.lines().count()
+            )
+        }
+        "Edit" | "MultiEdit" => {
+            let path = str_field(input, "file_path");
+            let mut diff = String::new();
+            let edits: Vec<(&str, &str)> = match input.get("edits").and_then(Value::as_array) {
+                Some(edits) => edits
+                    .iter()
+                    .map(|e| (str_field(e, "old_string"), str_field(e, "new_string")))
+                    .collect(),
+                None => vec![(
+                    str_field(input, "old_string"),
+                    str_field(input, "new_string"),
+                )],
+            };
+            for (old, new) in edits {
+                for line in old.lines() {
+                    diff.push_str(&format!("-{line}\n"));
+                }
+                for line in new.lines() {
+                    diff.push_str(&format!("+{line}\n"));
+                }
+            }
+            let (shown, more) = preview(diff.trim_end(), 30);
+            let f = fence(&shown);
+            let more = if more > 0 {
+                format!("\n_… {more} more lines_")
+            } else {
+                String::new()
+            };
+            format!(":pencil2: **Edit** `{path}`\n{f}diff\n{shown}\n{f}{more}")
+        }
+        "Glob" | "Grep" => format!(":mag: **{name}** `{}`", str_field(input, "pattern")),
+        "WebFetch" => format!(
+            ":globe_with_meridians: **WebFetch** {}",
+            str_field(input, "url")
+        ),
+        "WebSearch" => format!(
+            ":globe_with_meridians: **WebSearch** {}",
+            str_field(input, "query")
+        ),
+        "TodoWrite" | "AskUserQuestion" | "ExitPlanMode" => String::new(),
+        mcp if mcp.starts_with("mcp__") => {
+            let mut parts = mcp.splitn(3, "__").skip(1);
+            let server = parts.next().unwrap_or("");
+            let tool = parts.next().unwrap_or("");
+            format!(":electric_plug: **MCP** `{tool}` on `{server}`")
+        }
+        other => format!(":wrench: **{other}**"),
+    }
+}
+
+/// The line under a failed tool call.
+pub fn tool_error(content: &str) -> String {
+    format!(
+        "> :warning: {}",
+        truncate(content.lines().next().unwrap_or(""), 300)
+    )
+}
+
+/// The per-turn footer.
+pub fn footer(result: &TurnResult) -> String {
+    let usage = &result.usage;
+    let tokens_in =
+        usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens;
+    format!(
+        "_:stopwatch: {:.1} s · {} in / {} out tokens · ${:.4}_",
+        result.duration_ms as f64 / 1000.0,
+        thousands(tokens_in),
+        thousands(usage.output_tokens),
+        result.cost_usd
+    )
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One file in the artifact block.
+#[derive(Debug, Clone)]
+pub struct ArtifactLink {
+    pub path: String,
+    pub url: String,
+    pub size: u64,
+}
+
+/// The block of links to the files a turn created or changed.
+pub fn artifacts(files: &[ArtifactLink], browse_url: &str, zip_url: &str) -> String {
+    let mut out = String::from("#### :paperclip: Files from this turn\n");
+    for file in files {
+        let page = if file.path.ends_with(".html") || file.path.ends_with(".htm") {
+            format!(" · [open page]({})", file.url)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "- [`{}`]({}) ({}){page}\n",
+            file.path,
+            file.url,
+            size(file.size)
+        ));
+    }
+    out.push_str(&format!(
+        "\n[Browse all files]({browse_url}) · [Download zip]({zip_url})"
+    ));
+    out
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// The live task list.
+pub fn todo_list(items: &[TodoItem]) -> String {
+    let mut out = String::from("#### :clipboard: Task list\n");
+    for item in items {
+        let mark = match item.status.as_str() {
+            "completed" => ":white_check_mark:",
+            "in_progress" => ":arrows_counterclockwise:",
+            _ => ":white_large_square:",
+        };
+        let text = if item.status == "in_progress" && !item.active_form.is_empty() {
+            &item.active_form
+        } else {
+            &item.content
+        };
+        out.push_str(&format!("{mark} {text}\n"));
+    }
+    out.trim_end().to_owned()
+}
+
+/// Errors in plain words.
+pub fn agent_error(kind: &str, status: Option<u16>, message: &str) -> String {
+    let plain = match (kind, status) {
+        (_, Some(429)) | (_, Some(529)) | ("rate_limit", _) | ("overloaded", _) => {
+            "The model API is overloaded or rate-limited right now. Try again in a minute."
+                .to_owned()
+        }
+        ("authentication_failed", _) | (_, Some(401)) | (_, Some(403)) => {
+            "The model API refused the fleet's credentials. An operator needs to check the API key."
+                .to_owned()
+        }
+        (_, Some(status)) if status >= 500 => {
+            format!(
+                "The model API had an internal error ({status}). Try again; if it persists, tell an operator."
+            )
+        }
+        (_, Some(status)) => format!(
+            "The model API rejected the request ({status}): {}",
+            truncate(message, 300)
+        ),
+        _ => format!(
+            "Claude Code stopped with an error: {}",
+            truncate(message, 300)
+        ),
+    };
+    format!(":warning: {plain}")
+}
+
+pub fn queued(position: u64) -> String {
+    format!(
+        ":hourglass: All workers are busy. You are number **{position}** in the queue; this thread starts as soon as a slot frees up."
+    )
+}
+
+pub fn takeover(previous: &str, now: &str) -> String {
+    format!(
+        ":arrows_counterclockwise: Worker `{previous}` stopped unexpectedly. This session continues on worker `{now}` from its last checkpoint."
+    )
+}
+
+pub fn retrying_cut_turn() -> String {
+    ":repeat: The previous attempt at this message was cut off when its worker stopped; running it again.".to_owned()
+}
+
+pub fn interrupted(by: &str) -> String {
+    format!(
+        ":octagonal_sign: Stopped by @{by}. The session is kept: reply in this thread to continue."
+    )
+}
+
+pub fn evicted() -> String {
+    ":zzz: This session was put to sleep to make room for a queued thread. Reply in this thread to wake it up where it left off.".to_owned()
+}
+
+pub fn idle_stopped(minutes: u64) -> String {
+    format!(
+        ":zzz: This session was idle for {minutes} minutes and has been put to sleep. Reply in this thread to wake it up where it left off."
+    )
+}
+
+/// A button under a post (a Mattermost attachment action).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Button {
+    /// The action id; the signed context repeats it.
+    pub id: String,
+    pub name: String,
+    /// `primary`, `danger`, `good` or `default`.
+    pub style: &'static str,
+}
+
+impl Button {
+    pub fn new(id: impl Into<String>, name: impl Into<String>, style: &'static str) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            style,
+        }
+    }
+}
+
+/// Post props with `buttons`, each POSTing to `url` with its signed `token` as context.
+pub fn button_props(buttons: &[(Button, String)], url: &str, fallback: &str) -> Value {
+    let actions: Vec<Value> = buttons
+        .iter()
+        .map(|(b, token)| {
+            json!({
+                "id": b.id,
+                "name": b.name,
+                "type": "button",
+                "style": b.style,
+                "integration": {"url": url, "context": {"token": token}},
+            })
+        })
+        .collect();
+    json!({"attachments": [{"fallback": fallback, "actions": actions}]})
+}
+
+/// Props that remove every button (an update replaces the post's props).
+pub fn no_buttons() -> Value {
+    json!({})
+}
+
+/// The description of a tool-use request, above its buttons or verdict.
+pub fn permission_body(tool_name: &str, input: &Value) -> String {
+    let line = tool_use(tool_name, input);
+    let line = if line.is_empty() {
+        format!("**{tool_name}**")
+    } else {
+        line
+    };
+    format!(
+        "#### :closed_lock_with_key: Permission needed\nClaude wants to use **{tool_name}**:\n{line}"
+    )
+}
+
+pub const PERMISSION_HINT: &str = "Click a button, or react with :+1: to allow once, :white_check_mark: to allow for the rest of this session, or :-1: to deny.";
+
+/// The buttons of a tool-use request.
+pub fn permission_buttons() -> Vec<Button> {
+    vec![
+        Button::new("allow", "Allow", "primary"),
+        Button::new("allowalways", "Allow all for this session", "good"),
+        Button::new("deny", "Deny", "danger"),
+    ]
+}
+
+const NUMBERS: [&str; 4] = ["one", "two", "three", "four"];
+
+/// One question of an AskUserQuestion request (`index` of `total`).
+pub fn question_body(question: &Question, index: usize, total: usize) -> String {
+    let mut text = String::from("#### :question: Claude asks");
+    if total > 1 {
+        text.push_str(&format!(" ({} of {total})", index + 1));
+    }
+    text.push('\n');
+    text.push_str(&format!("**{}**\n", question.question));
+    for (i, option) in question.options.iter().take(4).enumerate() {
+        text.push_str(&format!(":{}: **{}**", NUMBERS[i], option.label));
+        if !option.description.is_empty() {
+            text.push_str(&format!(" — {}", option.description));
+        }
+        text.push('\n');
+    }
+    text.trim_end().to_owned()
+}
+
+pub const QUESTION_HINT: &str = "Click your answer, or react with its number.";
+
+/// The buttons of a question: one per option (at most four).
+pub fn question_buttons(question: &Question) -> Vec<Button> {
+    question
+        .options
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, o)| Button::new(format!("opt{}", i + 1), o.label.clone(), "default"))
+        .collect()
+}
+
+pub fn plan_body(plan: &str) -> String {
+    format!("#### :clipboard: Plan for approval\n{}", plan.trim_end())
+}
+
+pub const PLAN_HINT: &str =
+    "Click a button, or react with :+1: to approve and start, or :-1: to ask for changes.";
+
+pub fn plan_buttons() -> Vec<Button> {
+    vec![
+        Button::new("approve", "Approve", "primary"),
+        Button::new("changes", "Request changes", "default"),
+    ]
+}
+
+/// A message from someone outside the session, held for the owner.
+pub fn guest_body(owner: &str, guest: &str, text: &str) -> String {
+    format!(
+        "#### :wave: @{guest} is not in this session\n@{owner}, should Claude act on this message?\n> {}",
+        truncate(&text.replace('\n', " "), 500)
+    )
+}
+
+pub fn guest_buttons() -> Vec<Button> {
+    vec![
+        Button::new("guestonce", "Allow once", "primary"),
+        Button::new("guestinvite", "Invite to session", "good"),
+        Button::new("guestdeny", "Deny", "danger"),
+    ]
+}
+
+/// A request or question, with its instructions (while it waits) or its verdict.
+pub fn with_footer(body: &str, footer: &str) -> String {
+    format!("{body}\n\n{footer}")
+}
+
+/// What became of a request, under its description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    Allowed { by: &'a str },
+    AllowedForSession { by: &'a str },
+    Denied { by: &'a str },
+    Answered { by: &'a str, answers: &'a [String] },
+    PlanApproved { by: &'a str },
+    ChangesRequested { by: &'a str },
+    TimedOut { minutes: u64 },
+    Stopped { by: &'a str },
+    Withdrawn,
+    GuestAllowed { by: &'a str },
+    GuestInvited { by: &'a str, guest: &'a str },
+    GuestDenied { by: &'a str },
+}
+
+pub fn verdict(v: &Verdict<'_>) -> String {
+    match v {
+        Verdict::Allowed { by } => format!(":white_check_mark: **Allowed** by @{by}"),
+        Verdict::AllowedForSession { by } => {
+            format!(":white_check_mark: **Allowed for this session** by @{by}")
+        }
+        Verdict::Denied { by } => format!(":no_entry: **Denied** by @{by}"),
+        Verdict::Answered { by, answers } => format!(
+            ":speech_balloon: @{by} answered **{}**",
+            answers.join("**, **")
+        ),
+        Verdict::PlanApproved { by } => {
+            format!(":white_check_mark: **Plan approved** by @{by}; Claude is implementing it.")
+        }
+        Verdict::ChangesRequested { by } => {
+            format!(":pencil: @{by} **asked for changes** to the plan.")
+        }
+        Verdict::TimedOut { minutes } => format!(
+            ":hourglass: **Denied automatically**: nobody answered within {minutes} minute{}.",
+            if *minutes == 1 { "" } else { "s" }
+        ),
+        Verdict::Stopped { by } => format!(":octagonal_sign: **Stopped** by @{by}"),
+        Verdict::Withdrawn => ":heavy_minus_sign: No longer needed.".to_owned(),
+        Verdict::GuestAllowed { by } => format!(":white_check_mark: **Allowed once** by @{by}"),
+        Verdict::GuestInvited { by, guest } => {
+            format!(":handshake: @{by} **invited** @{guest} to the session")
+        }
+        Verdict::GuestDenied { by } => format!(":no_entry: **Not run**: declined by @{by}"),
+    }
+}
+
+/// Told to someone who may not answer a request (ephemeral).
+pub fn not_an_approver(owner: &str) -> String {
+    format!(
+        ":lock: Only @{owner} (who started this session) or a configured approver can answer this."
+    )
+}
+
+pub fn already_answered(by: Option<&str>) -> String {
+    match by {
+        Some(by) => format!(":information_source: This was already answered by @{by}."),
+        None => ":information_source: This was already answered.".to_owned(),
+    }
+}
+
+/// Shown under a request asked again after the session moved to another worker.
+pub fn reasked_note() -> String {
+    "_:arrows_counterclockwise: Asked again after the session moved to another worker; still waiting for an answer._".to_owned()
+}
+
+pub fn not_allowed_user(user: &str) -> String {
+    format!(
+        ":wave: Sorry @{user}, you are not on the list of people who can use Claude here. Ask an administrator if you need access."
+    )
+}
+
+pub fn not_allowed_channel() -> String {
+    ":wave: Sorry, Claude is not enabled in this channel. Ask an administrator if you need it here."
+        .to_owned()
+}
+
+pub fn too_many_sessions(user: &str, max: usize) -> String {
+    format!(
+        ":no_entry_sign: @{user}, you already have {max} live Claude session{} (the limit per person). Stop one with `/claude stop` in its thread, or wait until one goes idle, then try again.",
+        if max == 1 { "" } else { "s" }
+    )
+}
+
+pub fn invited(by: &str, user: &str) -> String {
+    format!(":handshake: @{by} invited @{user} to this session.")
+}
+
+pub fn kicked(by: &str, user: &str) -> String {
+    format!(":wave: @{by} removed @{user} from this session.")
+}
+
+pub fn owner_only(owner: &str, what: &str) -> String {
+    format!(":lock: Only @{owner}, who started this session, can {what}.")
+}
+
+pub fn mode_changed(by: &str, from: &str, to: &str) -> String {
+    format!(
+        ":closed_lock_with_key: @{by} switched this session from `{from}` to `{to}`: tool use now asks for approval in the thread."
+    )
+}
+
+pub fn mode_refused(current: &str, wanted: &str) -> String {
+    format!(
+        ":no_entry_sign: Permissions can only be tightened from chat. This session is in `{current}`; `/claude permissions interactive` makes it ask for approval. `{wanted}` is not available here."
+    )
+}
+
+pub fn mode_unchanged(current: &str) -> String {
+    format!(":information_source: This session already asks for approval (mode `{current}`).")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::agent::Usage;
+
+    #[test]
+    fn header_snapshot() {
+        let participants = vec!["alice".to_owned(), "bob".to_owned()];
+        insta::assert_snapshot!(header(&Header {
+            started_by: "alice",
+            participants: &participants,
+            permission_mode: "default",
+            worker: "worker-1",
+            status: Status::Working,
+        }));
+    }
+
+    #[test]
+    fn tool_lines_snapshot() {
+        let lines = [
+            tool_use("Bash", &json!({"command": "echo hi > out.txt"})),
+            tool_use("Read", &json!({"file_path": "/workspace/src/main.rs"})),
+            tool_use(
+                "Edit",
+                &json!({"file_path": "/workspace/a.txt", "old_string": "one\ntwo", "new_string": "one\n2"}),
+            ),
+            tool_use(
+                "Write",
+                &json!({"file_path": "/workspace/index.html", "content": "<!doctype html>\n<title>x</title>\n<p>```</p>"}),
+            ),
+            tool_use("mcp__github__create_issue", &json!({"title": "x"})),
+            tool_use("NotebookEdit", &json!({})),
+        ];
+        insta::assert_snapshot!(lines.join("\n\n"));
+    }
+
+    #[test]
+    fn footer_snapshot() {
+        insta::assert_snapshot!(footer(&TurnResult {
+            duration_ms: 3_240,
+            cost_usd: 0.01234,
+            usage: Usage {
+                input_tokens: 1200,
+                output_tokens: 345,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 10_000,
+            },
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn artifacts_snapshot() {
+        insta::assert_snapshot!(artifacts(
+            &[
+                ArtifactLink {
+                    path: "index.html".into(),
+                    url: "https://gw/a/T/index.html".into(),
+                    size: 321
+                },
+                ArtifactLink {
+                    path: "src/app.js".into(),
+                    url: "https://gw/a/T/src/app.js".into(),
+                    size: 20_480
+                },
+            ],
+            "https://gw/a/T/",
+            "https://gw/z/T",
+        ));
+    }
+
+    #[test]
+    fn todo_and_errors_snapshot() {
+        let items = vec![
+            TodoItem {
+                content: "Write tests".into(),
+                status: "completed".into(),
+                active_form: "Writing tests".into(),
+            },
+            TodoItem {
+                content: "Fix bug".into(),
+                status: "in_progress".into(),
+                active_form: "Fixing the bug".into(),
+            },
+            TodoItem {
+                content: "Ship".into(),
+                status: "pending".into(),
+                active_form: String::new(),
+            },
+        ];
+        insta::assert_snapshot!(
+            [
+                todo_list(&items),
+                agent_error("server_error", Some(529), "overloaded"),
+                agent_error("server_error", Some(500), "boom"),
+                agent_error("authentication_failed", None, "Not logged in"),
+                queued(3),
+                takeover("w1", "w2"),
+            ]
+            .join("\n\n")
+        );
+    }
+
+    fn signed(buttons: Vec<Button>) -> Vec<(Button, String)> {
+        buttons
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (b, format!("TOKEN{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn permission_prompt_snapshot() {
+        let body = permission_body("Bash", &json!({"command": "rm -rf build"}));
+        insta::assert_snapshot!(with_footer(&body, PERMISSION_HINT));
+        insta::assert_json_snapshot!(
+            "permission_buttons",
+            button_props(
+                &signed(permission_buttons()),
+                "https://gw/hooks/action",
+                "Answer in Mattermost"
+            )
+        );
+    }
+
+    #[test]
+    fn question_and_plan_prompts_snapshot() {
+        let question = Question {
+            question: "Which color do you prefer?".into(),
+            header: "Color".into(),
+            options: vec![
+                crate::agent::QuestionOption {
+                    label: "Red".into(),
+                    description: "warm".into(),
+                },
+                crate::agent::QuestionOption {
+                    label: "Blue".into(),
+                    description: "cool".into(),
+                },
+            ],
+            multi_select: false,
+        };
+        insta::assert_snapshot!(
+            [
+                with_footer(&question_body(&question, 0, 2), QUESTION_HINT),
+                with_footer(&plan_body("# Plan\n1. Write hello.txt\n"), PLAN_HINT),
+                guest_body("alice", "bob", "please delete\neverything"),
+            ]
+            .join("\n\n---\n\n")
+        );
+        insta::assert_json_snapshot!(
+            "question_buttons",
+            button_props(
+                &signed(question_buttons(&question)),
+                "https://gw/hooks/action",
+                "Answer in Mattermost"
+            )
+        );
+    }
+
+    #[test]
+    fn verdicts_snapshot() {
+        let answers = vec!["Red".to_owned()];
+        let verdicts = [
+            Verdict::Allowed { by: "alice" },
+            Verdict::AllowedForSession { by: "alice" },
+            Verdict::Denied { by: "carol" },
+            Verdict::Answered {
+                by: "alice",
+                answers: &answers,
+            },
+            Verdict::PlanApproved { by: "alice" },
+            Verdict::ChangesRequested { by: "alice" },
+            Verdict::TimedOut { minutes: 60 },
+            Verdict::Stopped { by: "alice" },
+            Verdict::Withdrawn,
+            Verdict::GuestAllowed { by: "alice" },
+            Verdict::GuestInvited {
+                by: "alice",
+                guest: "bob",
+            },
+            Verdict::GuestDenied { by: "alice" },
+        ];
+        let body = permission_body("Bash", &json!({"command": "ls"}));
+        let mut out = vec![with_footer(&body, &verdict(&verdicts[0]))];
+        out.extend(verdicts.iter().skip(1).map(verdict));
+        out.extend([
+            not_an_approver("alice"),
+            already_answered(Some("alice")),
+            reasked_note(),
+            not_allowed_user("mallory"),
+            not_allowed_channel(),
+            too_many_sessions("alice", 2),
+            invited("alice", "bob"),
+            kicked("alice", "bob"),
+            mode_changed("alice", "acceptEdits", "default"),
+            mode_refused("default", "bypassPermissions"),
+        ]);
+        insta::assert_snapshot!(out.join("\n\n"));
+    }
+
+    #[test]
+    fn a_fence_outlasts_backticks_inside() {
+        assert_eq!(fence("a ``` b"), "````");
+        assert_eq!(fence("plain"), "```");
+    }
+}

@@ -1,0 +1,554 @@
+//! The `docker` runtime: one hardened container per session, its state in a per-session
+//! volume mounted at [`SESSION_ROOT`].
+//!
+//! The container runs the runner image (`deploy/runner/`): ENTRYPOINT the CLI, user
+//! 1000:1000, working directory `/session/workspace`, `CLAUDE_CONFIG_DIR=/session/claude`.
+//! Hardening: all capabilities dropped, no-new-privileges, read-only root filesystem with
+//! tmpfs `/tmp` and `$HOME`, memory (no swap), CPU and pids limits, the configured
+//! network, and `ccfleet.*` labels naming the worker and session.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use common::config::{ModelConfig, WorkerConfig};
+use futures::{Stream, StreamExt, TryStreamExt};
+use proto::ids::SessionId;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{
+    Error, Files, Lifecycle, ModelEnv, STOP_GRACE, Session, SessionFiles, SessionSpec, archive,
+    blocking, cli_args, cli_env,
+};
+use crate::agent::{Agent, AgentIo, AgentOptions};
+
+/// Where the session volume is mounted in the container.
+pub const SESSION_ROOT: &str = "/session";
+/// Label: the worker that owns the container.
+pub const LABEL_WORKER: &str = "ccfleet.worker";
+/// Label: the session a container or volume belongs to.
+pub const LABEL_SESSION: &str = "ccfleet.session";
+const LABEL_MANAGED: &str = "ccfleet.managed";
+/// The runner image's user.
+pub(crate) const AGENT_UID: u64 = 1000;
+/// Reads the API key from the first stdin line, then becomes the CLI.
+const KEY_FROM_STDIN: &str = "IFS= read -r key; if [ -n \"$key\" ]; then export ANTHROPIC_API_KEY=\"$key\"; fi; unset key; exec /usr/local/bin/claude \"$@\"";
+
+/// Settings of the docker runtime. `Debug` hides the API key.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    pub image: String,
+    /// `none`, `bridge`, `host` or a named network.
+    pub network: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids_limit: i64,
+    /// Labels containers so [`DockerRuntime::cleanup_orphans`] finds this worker's own.
+    pub worker_id: String,
+    pub model: ModelEnv,
+    pub agent: AgentOptions,
+    /// Size of the `/tmp` tmpfs.
+    pub tmp_size_mb: u64,
+}
+
+impl DockerOptions {
+    pub fn from_config(worker: &WorkerConfig, model: &ModelConfig, worker_id: &str) -> Self {
+        Self {
+            image: worker.image.clone(),
+            network: worker.network.clone(),
+            memory_mb: worker.memory_mb,
+            cpus: worker.cpus,
+            pids_limit: worker.pids_limit,
+            worker_id: worker_id.to_owned(),
+            model: model.into(),
+            agent: AgentOptions::default(),
+            tmp_size_mb: 512,
+        }
+    }
+}
+
+/// Starts sessions as containers.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    options: Arc<DockerOptions>,
+}
+
+/// The names of a session's container and volume.
+pub fn container_name(id: &SessionId) -> String {
+    format!("ccfleet-{id}")
+}
+
+pub fn volume_name(id: &SessionId) -> String {
+    format!("ccfleet-{id}")
+}
+
+fn docker_error(op: &'static str, session: &SessionId) -> impl Fn(bollard::errors::Error) -> Error {
+    let session = session.to_string();
+    move |source| Error::Docker {
+        op,
+        session: session.clone(),
+        source,
+    }
+}
+
+fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerRuntime {
+    /// Connects to the local daemon and checks that the runner image exists.
+    pub async fn connect(options: DockerOptions) -> Result<Self, Error> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(Error::DockerUnavailable)?
+            .negotiate_version()
+            .await
+            .map_err(Error::DockerUnavailable)?;
+        match docker.inspect_image(&options.image).await {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {
+                return Err(Error::ImageMissing {
+                    image: options.image.clone(),
+                });
+            }
+            Err(err) => return Err(Error::DockerUnavailable(err)),
+        }
+        Ok(Self {
+            docker,
+            options: Arc::new(options),
+        })
+    }
+
+    /// The Docker client, e.g. for inspecting a session's container.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn labels(&self, id: &SessionId) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_WORKER.to_owned(), self.options.worker_id.clone()),
+            (LABEL_SESSION.to_owned(), id.to_string()),
+        ])
+    }
+
+    fn container_body(&self, spec: &SessionSpec, volume: &str) -> ContainerCreateBody {
+        let o = &self.options;
+        let config_dir = format!("{SESSION_ROOT}/{}", archive::CLAUDE_STATE);
+        let mut env: Vec<String> = cli_env(&o.model, &config_dir)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push("HOME=/home/agent".to_owned());
+        let memory = (o.memory_mb * 1024 * 1024) as i64;
+        // The API key is not in the container's configuration (visible to `docker inspect`
+        // and logged by the Docker client at debug level): the first stdin line carries it
+        // and bash puts it into the CLI's environment only.
+        let mut cmd = vec![
+            "-c".to_owned(),
+            KEY_FROM_STDIN.to_owned(),
+            "claude".to_owned(),
+        ];
+        cmd.extend(cli_args(spec, &o.model));
+        ContainerCreateBody {
+            image: Some(o.image.clone()),
+            entrypoint: Some(vec!["/bin/bash".to_owned()]),
+            cmd: Some(cmd),
+            env: Some(env),
+            user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
+            working_dir: Some(format!("{SESSION_ROOT}/{}", archive::WORKSPACE)),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            // Closing our attached stdin closes the CLI's: it then exits after its turn.
+            stdin_once: Some(true),
+            tty: Some(false),
+            labels: Some(self.labels(&spec.session_id)),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![Mount {
+                    typ: Some(MountType::VOLUME),
+                    source: Some(volume.to_owned()),
+                    target: Some(SESSION_ROOT.to_owned()),
+                    ..Default::default()
+                }]),
+                tmpfs: Some(HashMap::from([
+                    (
+                        "/tmp".to_owned(),
+                        format!("rw,nosuid,nodev,size={}m", o.tmp_size_mb),
+                    ),
+                    (
+                        "/home/agent".to_owned(),
+                        format!(
+                            "rw,nosuid,nodev,size=64m,uid={AGENT_UID},gid={AGENT_UID},mode=0700"
+                        ),
+                    ),
+                ])),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some((o.cpus * 1e9) as i64),
+                pids_limit: Some(o.pids_limit),
+                network_mode: Some(o.network.clone()),
+                // A minimal init as PID 1 reaps the shells the Bash tool leaves behind.
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn ensure_volume(&self, id: &SessionId, fresh: bool) -> Result<String, Error> {
+        let name = volume_name(id);
+        if fresh {
+            self.remove_volume(id).await?;
+        }
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(self.labels(id)),
+                ..Default::default()
+            })
+            .await
+            .map_err(docker_error("create_volume", id))?;
+        Ok(name)
+    }
+
+    async fn remove_container(&self, name: &str, id: &SessionId) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(docker_error("remove_container", id)(err)),
+        }
+    }
+
+    pub(crate) async fn remove_volume(&self, id: &SessionId) -> Result<(), Error> {
+        self.remove_container(&container_name(id), id).await?;
+        let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+        match self
+            .docker
+            .remove_volume(&volume_name(id), Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(docker_error("remove_volume", id)(err)),
+        }
+    }
+
+    pub(crate) async fn start(&self, spec: SessionSpec) -> Result<Session, Error> {
+        let id = spec.session_id.clone();
+        let name = container_name(&id);
+        // A container of an earlier run of this session (its volume is kept).
+        self.remove_container(&name, &id).await?;
+        let volume = self.ensure_volume(&id, spec.restore.is_some()).await?;
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        self.docker
+            .create_container(Some(options), self.container_body(&spec, &volume))
+            .await
+            .map_err(docker_error("create_container", &id))?;
+        let started = self.attach_and_start(&spec, &name).await;
+        match started {
+            Ok(session) => Ok(session),
+            Err(err) => {
+                if let Err(cleanup) = self.remove_container(&name, &id).await {
+                    tracing::warn!(
+                        error = &cleanup as &dyn std::error::Error,
+                        "removing a container that failed to start"
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn attach_and_start(&self, spec: &SessionSpec, name: &str) -> Result<Session, Error> {
+        let id = &spec.session_id;
+        if let Some(checkpoint) = spec.restore.clone() {
+            let tar = blocking(move || {
+                archive::checkpoint_to_owned_tar(&checkpoint, AGENT_UID, AGENT_UID)
+            })
+            .await?
+            .map_err(|source| Error::Archive {
+                session: id.to_string(),
+                source,
+            })?;
+            let options = UploadToContainerOptionsBuilder::default()
+                .path(SESSION_ROOT)
+                .build();
+            self.docker
+                .upload_to_container(name, Some(options), bollard::body_full(tar.into()))
+                .await
+                .map_err(docker_error("upload_to_container", id))?;
+        }
+        // Attach before starting, so no output is lost.
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(name, Some(attach))
+            .await
+            .map_err(docker_error("attach_container", id))?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(docker_error("start_container", id))?;
+        let mut stdin = attached.input;
+        let mut key_line = self.options.model.api_key.expose().replace('\n', "");
+        key_line.push('\n');
+        let handed_over = async {
+            stdin.write_all(key_line.as_bytes()).await?;
+            stdin.flush().await
+        };
+        handed_over.await.map_err(|source| Error::Io {
+            session: id.to_string(),
+            source,
+        })?;
+        drop(key_line);
+        let agent = Agent::new(
+            AgentIo {
+                stdin: Box::pin(AttachedStdin(stdin)),
+                stdout: Box::pin(tokio_util::io::StreamReader::new(stdout_only(
+                    attached.output,
+                    id.to_string(),
+                ))),
+            },
+            self.options.agent.clone(),
+        );
+        if let Err(source) = agent.handle().initialize().await {
+            return Err(Error::Initialize {
+                session: id.to_string(),
+                source,
+            });
+        }
+        Ok(Session {
+            id: id.clone(),
+            agent,
+            files: SessionFiles {
+                session: id.clone(),
+                files: Files::Container {
+                    docker: self.docker.clone(),
+                    container: name.to_owned(),
+                },
+            },
+            life: Lifecycle::Docker(ContainerLife {
+                docker: self.docker.clone(),
+                container: name.to_owned(),
+                runtime: self.clone(),
+            }),
+        })
+    }
+
+    /// Removes every container labelled with this worker's id (volumes are kept).
+    pub async fn cleanup_orphans(&self) -> Result<usize, Error> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_WORKER}={}", self.options.worker_id)],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let orphan = SessionId::new("orphans");
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error("list_containers", &orphan))?;
+        let mut removed = 0;
+        for container in containers {
+            let Some(container_id) = container.id else {
+                continue;
+            };
+            let session = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SESSION))
+                .map(|s| SessionId::new(s.as_str()))
+                .unwrap_or_else(|| orphan.clone());
+            tracing::info!(container = %container_id, session_id = %session, "removing orphaned session container");
+            self.remove_container(&container_id, &session).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// Keeps the CLI's stdout; logs its stderr.
+fn stdout_only(
+    output: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    session: String,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    output
+        .map_err(std::io::Error::other)
+        .try_filter_map(move |chunk| {
+            let out = match chunk {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => Some(message),
+                LogOutput::StdErr { message } => {
+                    tracing::debug!(session_id = %session, line = %String::from_utf8_lossy(&message).trim_end(), "CLI stderr");
+                    None
+                }
+                LogOutput::StdIn { .. } => None,
+            };
+            futures::future::ready(Ok(out))
+        })
+}
+
+/// The attached stdin as a plain `AsyncWrite`.
+struct AttachedStdin(Pin<Box<dyn AsyncWrite + Send>>);
+
+impl AsyncWrite for AttachedStdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+}
+
+/// Downloads `path` from the container as a plain tar.
+/// Uploads a tar into the session root of a (running) container.
+pub(crate) async fn upload(
+    docker: &Docker,
+    container: &str,
+    tar: &[u8],
+    session: &SessionId,
+) -> Result<(), Error> {
+    let options = UploadToContainerOptionsBuilder::default()
+        .path(SESSION_ROOT)
+        .build();
+    docker
+        .upload_to_container(
+            container,
+            Some(options),
+            bollard::body_full(tar.to_vec().into()),
+        )
+        .await
+        .map_err(docker_error("upload_to_container", session))
+}
+
+pub(crate) async fn download(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    session: &SessionId,
+) -> Result<Vec<u8>, Error> {
+    download_optional(docker, container, path, session)
+        .await?
+        .ok_or_else(|| Error::Io {
+            session: session.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{path} not found in the container"),
+            ),
+        })
+}
+
+/// Like [`download`]; `None` when the path does not exist.
+pub(crate) async fn download_optional(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    session: &SessionId,
+) -> Result<Option<Vec<u8>>, Error> {
+    let options = DownloadFromContainerOptionsBuilder::default()
+        .path(path)
+        .build();
+    let mut stream = docker.download_from_container(container, Some(options));
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(docker_error("download_from_container", session)(err)),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Ends a session's container.
+pub(crate) struct ContainerLife {
+    docker: Docker,
+    container: String,
+    runtime: DockerRuntime,
+}
+
+impl ContainerLife {
+    /// stdin is closed: give the CLI time to exit, stop the container, remove it (the
+    /// volume stays).
+    pub(crate) async fn stop(self, id: &SessionId) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::default()
+            .t(STOP_GRACE.as_secs() as i32)
+            .build();
+        match self
+            .docker
+            .stop_container(&self.container, Some(options))
+            .await
+        {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => {}
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(err) => return Err(docker_error("stop_container", id)(err)),
+        }
+        self.runtime.remove_container(&self.container, id).await
+    }
+
+    pub(crate) async fn kill(self, id: &SessionId) -> Result<(), Error> {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match self
+            .docker
+            .kill_container(&self.container, Some(options))
+            .await
+        {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => {}
+            Err(err) => return Err(docker_error("kill_container", id)(err)),
+        }
+        self.runtime.remove_container(&self.container, id).await
+    }
+
+    pub(crate) fn clone_for_removal(&self) -> DockerRuntime {
+        self.runtime.clone()
+    }
+}

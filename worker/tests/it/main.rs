@@ -1,0 +1,4 @@
+//! worker's integration tests.
+
+mod agent;
+mod runtime;
