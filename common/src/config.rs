@@ -224,6 +224,10 @@ pub struct WorkerConfig {
     pub allowed_channels: Vec<String>,
     /// Live sessions one user may have started at once; 0: unlimited.
     pub max_sessions_per_user: usize,
+    /// docker runtime: containers kept started and initialized for new sessions; 0: none.
+    pub warm_pool: usize,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`; empty: not served.
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -428,6 +432,21 @@ impl Config {
             return Err(Error::invalid(
                 "worker.permission_mode",
                 "must be default, acceptEdits, plan, bypassPermissions or dontAsk",
+            ));
+        }
+        if self.worker.warm_pool > 64 {
+            return Err(Error::invalid("worker.warm_pool", "must be at most 64"));
+        }
+        if !self.worker.metrics_listen.is_empty()
+            && self
+                .worker
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(Error::invalid(
+                "worker.metrics_listen",
+                "must be empty or an address like 0.0.0.0:9464",
             ));
         }
         if self.worker.cpus <= 0.0 {

@@ -70,6 +70,10 @@ pub struct RunningWorker {
     pub id: String,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
+    /// The worker's session runtime (e.g. its warm pool).
+    pub runtime: worker::runtime::Runtime,
+    /// What the worker serves at `/metrics`.
+    pub metrics: std::sync::Arc<worker::metrics::Metrics>,
 }
 
 impl RunningWorker {
@@ -299,6 +303,8 @@ impl LocalFleet {
         );
         config.worker.id = id.clone();
         let worker = worker::Worker::build(config).await?;
+        let runtime = worker.runtime().clone();
+        let metrics = worker.metrics();
         let shutdown = self.shutdown.child_token();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -306,7 +312,13 @@ impl LocalFleet {
                 tracing::error!(error = %err, "worker stopped");
             }
         });
-        self.workers.push(RunningWorker { id, shutdown, task });
+        self.workers.push(RunningWorker {
+            id,
+            shutdown,
+            task,
+            runtime,
+            metrics,
+        });
         Ok(())
     }
 

@@ -38,6 +38,12 @@ pub enum Error {
     Store(#[from] common::store::Error),
     #[error("the agent runtime could not start")]
     Runtime(#[from] crate::runtime::Error),
+    #[error("could not serve metrics on {addr}")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not open consumer {consumer}")]
     Consumer {
         consumer: String,
@@ -66,6 +72,7 @@ pub struct Ctx {
 
 pub struct Worker {
     ctx: Arc<Ctx>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The worker id from configuration, or `<hostname>-<pid>`.
@@ -111,7 +118,21 @@ impl Worker {
         };
         // Registered before anything can be routed to it, so dispatchers count its slots.
         beat(&ctx).await;
-        Ok(Self { ctx: Arc::new(ctx) })
+        let metrics = Arc::new(crate::metrics::Metrics::new(&ctx.runtime));
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            metrics,
+        })
+    }
+
+    /// The worker's metrics (also served on `worker.metrics_listen`).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The session runtime, e.g. to look at the warm pool.
+    pub fn runtime(&self) -> &Runtime {
+        &self.ctx.runtime
     }
 
     pub fn id(&self) -> &WorkerId {
@@ -122,12 +143,36 @@ impl Worker {
     /// checkpointed) within the grace period, leases are released.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let ctx = self.ctx;
+        let mut background = JoinSet::new();
+        let addr = ctx.config.worker.metrics_listen.clone();
+        if !addr.is_empty() {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| Error::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(addr = %addr, "serving metrics");
+            let (metrics, shutdown) = (self.metrics.clone(), shutdown.clone());
+            background.spawn(async move {
+                if let Err(err) = crate::metrics::serve(listener, metrics, shutdown).await {
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "metrics server failed"
+                    );
+                }
+            });
+        }
         tracing::info!(worker = %ctx.id, max_sessions = ctx.config.worker.max_sessions, runtime = ?ctx.runtime.kind(), "worker running");
         let stop_intake = CancellationToken::new();
         let drain = CancellationToken::new();
         let mut actors: JoinSet<(ThreadId, ActorExit)> = JoinSet::new();
         let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel::<ThreadAssignment>();
-        let mut background = JoinSet::new();
+        {
+            // The warm pool fills while the worker runs and is emptied when intake stops.
+            let (ctx, stop) = (ctx.clone(), stop_intake.clone());
+            background.spawn(async move { ctx.runtime.run_pool(stop).await });
+        }
         background.spawn(dispatch_loop(ctx.clone(), stop_intake.clone()));
         background.spawn(claim_loop(ctx.clone(), stop_intake.clone(), spawn_tx));
         background.spawn(janitor_loop(ctx.clone(), stop_intake.clone()));

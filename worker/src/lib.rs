@@ -10,6 +10,7 @@ pub mod agent;
 pub mod approvals;
 pub mod claim;
 pub mod fleet;
+pub mod metrics;
 pub mod records;
 pub mod render;
 pub mod replies;

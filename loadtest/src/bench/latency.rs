@@ -176,13 +176,31 @@ struct Measured {
 }
 
 /// The user's WebSocket, filtered to the bot's posts.
-struct Watch {
-    events: EventStream,
-    bot: String,
-    within: Duration,
+pub(crate) struct Watch {
+    pub(crate) events: EventStream,
+    pub(crate) bot: String,
+    pub(crate) within: Duration,
 }
 
 impl Watch {
+    /// The demo user's WebSocket, once it said hello.
+    pub(crate) async fn open(fleet: &LocalFleet, within: Duration) -> Result<Self, Error> {
+        let mut events = fleet
+            .demo()
+            .websocket()
+            .await
+            .map_err(Error::client("the user's WebSocket"))?;
+        events
+            .wait_for(Duration::from_secs(10), |e| e.kind() == EventKind::Hello)
+            .await
+            .map_err(Error::client("the WebSocket hello"))?;
+        Ok(Self {
+            events,
+            bot: fleet.boot.bot.id.clone(),
+            within,
+        })
+    }
+
     /// The first post or edit of the bot in thread `root` satisfying `pred`, and when it
     /// arrived.
     async fn bot_post(
@@ -239,7 +257,7 @@ impl Watch {
 }
 
 /// A thread with one finished turn: (root id, header id, answer id).
-async fn new_thread(
+pub(crate) async fn new_thread(
     fleet: &LocalFleet,
     watch: &mut Watch,
     text: &str,
@@ -263,19 +281,7 @@ async fn new_thread(
 async fn measure(fleet: &mut LocalFleet, args: &Args) -> Result<Measured, Error> {
     let user = fleet.demo().clone();
     let channel = fleet.channel_id().to_owned();
-    let mut events = user
-        .websocket()
-        .await
-        .map_err(Error::client("the user's WebSocket"))?;
-    events
-        .wait_for(Duration::from_secs(10), |e| e.kind() == EventKind::Hello)
-        .await
-        .map_err(Error::client("the WebSocket hello"))?;
-    let mut watch = Watch {
-        events,
-        bot: fleet.boot.bot.id.clone(),
-        within: Duration::from_secs(args.step_timeout_s),
-    };
+    let mut watch = Watch::open(fleet, Duration::from_secs(args.step_timeout_s)).await?;
     let (mut new, mut followup, mut failover, mut failover_answer) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
 

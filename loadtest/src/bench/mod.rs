@@ -9,6 +9,9 @@
 //! * [`ingest`]: one gateway, no workers: webhook requests → JetStream-acknowledged events.
 //! * [`overhead`]: the `sim` runtime, scripted users at a target rate: the fleet's own cost.
 //! * [`latency`]: the real CLI with the fake model: new thread, follow-up, failover.
+//! * [`startup`]: the real CLI in docker: a new thread's first model request with the warm
+//!   pool off and on, against the bare CLI started directly.
+//! * [`scale`]: a worker's memory per idle session, and latency with many active ones.
 //!
 //! Benchmarks are not pass/fail tests: nothing here asserts on speed.
 
@@ -16,6 +19,8 @@ pub mod ingest;
 pub mod latency;
 pub mod overhead;
 pub mod report;
+pub mod scale;
+pub mod startup;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -46,6 +51,11 @@ pub enum Scenario {
     Overhead(overhead::Args),
     /// The real CLI with the fake model: new thread, follow-up and failover latency.
     Latency(latency::Args),
+    /// The real CLI in docker: a new thread's first model request, warm pool off and on,
+    /// against the bare CLI started directly.
+    Startup(startup::Args),
+    /// A worker's memory per idle session, and latency with many active sessions.
+    Scale(scale::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +125,8 @@ pub async fn run(args: &BenchArgs) -> Result<Outcome, Error> {
         Scenario::Ingest(a) => ingest::run(a).await,
         Scenario::Overhead(a) => overhead::run(a).await,
         Scenario::Latency(a) => latency::run(a).await,
+        Scenario::Startup(a) => startup::run(a).await,
+        Scenario::Scale(a) => scale::run(a).await,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct RecordedRequest {
     pub body: Value,
     /// The HTTP status the fake answered.
     pub status: u16,
+    /// When the request (with its body) had arrived; not serialized.
+    #[serde(skip)]
+    pub received: Option<std::time::Instant>,
 }
 
 impl RecordedRequest {
@@ -239,6 +242,7 @@ async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received = std::time::Instant::now();
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
     let authorized = headers.contains_key("x-api-key") || headers.contains_key("authorization");
     let (status, response) = match &parsed {
@@ -280,6 +284,7 @@ async fn messages(
             .collect(),
         body: parsed.unwrap_or(Value::Null),
         status,
+        received: Some(received),
     };
     lock(&shared.requests).push(record);
     response

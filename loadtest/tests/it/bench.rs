@@ -2,7 +2,7 @@
 //! print the promised figures. Benchmarks are not pass/fail on speed: nothing here checks
 //! how fast anything was.
 
-use loadtest::bench::{BenchArgs, Scenario, ingest, overhead, run};
+use loadtest::bench::{BenchArgs, Scenario, ingest, overhead, run, scale, startup};
 use serde_json::Value;
 
 fn has_fields(figures: &Value, fields: &[&str]) {
@@ -77,4 +77,69 @@ async fn ingest_and_overhead_print_their_figures_without_losing_or_duplicating()
     assert_eq!(f["duplicated"], 0, "{f}");
     let html = overhead.report.html();
     assert_eq!(html.matches("<svg").count(), 3, "one histogram per path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_compares_cold_warm_and_the_bare_cli() {
+    let outcome = run(&BenchArgs {
+        scenario: Scenario::Startup(startup::Args {
+            samples: 2,
+            pool: 1,
+            step_timeout_s: 120,
+        }),
+        report: None,
+    })
+    .await
+    .expect("the startup bench runs");
+    let f = &outcome.figures;
+    has_fields(
+        f,
+        &[
+            "cold_p50_ms",
+            "cold_p99_ms",
+            "warm_p50_ms",
+            "warm_p99_ms",
+            "bare_cli_p50_ms",
+            "bare_cli_p99_ms",
+            "warm_over_bare",
+        ],
+    );
+    // Every warm sample was served by the pool (each waits for a full pool).
+    assert_eq!(f["pool_hits"], 2, "{f}");
+    assert_eq!(f["pool_misses"], 0, "{f}");
+    assert_eq!(outcome.report.html().matches("<svg").count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_reports_bytes_per_idle_session_and_active_latency() {
+    let outcome = run(&BenchArgs {
+        scenario: Scenario::Scale(scale::Args {
+            idle: 20,
+            warmup: 5,
+            active: 6,
+            workers: 2,
+            rate: 10.0,
+            duration_s: 2.0,
+            open_rate: 20.0,
+            worker_bin: None,
+            timeout_s: 120,
+        }),
+        report: None,
+    })
+    .await
+    .expect("the scale bench runs");
+    let f = &outcome.figures;
+    has_fields(
+        f,
+        &[
+            "worker_bytes_per_idle_session",
+            "worker_rss_before_bytes",
+            "worker_rss_after_bytes",
+            "active_new_p50_ms",
+            "active_followup_p99_ms",
+        ],
+    );
+    assert!(f["worker_rss_before_bytes"].as_u64().unwrap() > 0, "{f}");
+    assert_eq!(f["active_lost"], 0, "{f}");
+    assert_eq!(f["active_duplicated"], 0, "{f}");
 }

@@ -18,20 +18,22 @@ use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeC
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder,
     DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use common::config::{ModelConfig, WorkerConfig};
 use futures::{Stream, StreamExt, TryStreamExt};
 use proto::ids::SessionId;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
+use super::warm::{Miss, PoolMetrics, WarmPool};
 use super::{
     Error, Files, Lifecycle, ModelEnv, STOP_GRACE, Session, SessionFiles, SessionSpec, archive,
     blocking, cli_args, cli_env,
 };
-use crate::agent::{Agent, AgentIo, AgentOptions};
+use crate::agent::{Agent, AgentIo, AgentOptions, PermissionMode};
 
 /// Where the session volume is mounted in the container.
 pub const SESSION_ROOT: &str = "/session";
@@ -40,6 +42,10 @@ pub const LABEL_WORKER: &str = "ccfleet.worker";
 /// Label: the session a container or volume belongs to.
 pub const LABEL_SESSION: &str = "ccfleet.session";
 const LABEL_MANAGED: &str = "ccfleet.managed";
+/// Label: a warm-pool container or volume (its session label is the pool's own id).
+pub const LABEL_POOL: &str = "ccfleet.pool";
+/// Session ids of warm containers start with this.
+const POOL_PREFIX: &str = "pool-";
 /// The runner image's user.
 pub(crate) const AGENT_UID: u64 = 1000;
 /// Reads the API key from the first stdin line, then becomes the CLI.
@@ -60,6 +66,10 @@ pub struct DockerOptions {
     pub agent: AgentOptions,
     /// Size of the `/tmp` tmpfs.
     pub tmp_size_mb: u64,
+    /// Warm containers kept ready (see [`super::warm`]); 0: none.
+    pub warm_pool: usize,
+    /// The permission mode warm CLIs start with (new sessions' usual mode).
+    pub pool_permission_mode: PermissionMode,
 }
 
 impl DockerOptions {
@@ -74,6 +84,9 @@ impl DockerOptions {
             model: model.into(),
             agent: AgentOptions::default(),
             tmp_size_mb: 512,
+            warm_pool: worker.warm_pool,
+            pool_permission_mode: PermissionMode::parse(&worker.permission_mode)
+                .unwrap_or_default(),
         }
     }
 }
@@ -83,6 +96,7 @@ impl DockerOptions {
 pub struct DockerRuntime {
     docker: Docker,
     options: Arc<DockerOptions>,
+    pool: Arc<WarmPool>,
 }
 
 /// The names of a session's container and volume.
@@ -131,9 +145,41 @@ impl DockerRuntime {
             Err(err) => return Err(Error::DockerUnavailable(err)),
         }
         Ok(Self {
+            pool: Arc::new(WarmPool::new(options.warm_pool)),
             docker,
             options: Arc::new(options),
         })
+    }
+
+    /// The warm pool's hits, misses and fill state.
+    pub fn pool_metrics(&self) -> &PoolMetrics {
+        &self.pool.metrics
+    }
+
+    /// Warm containers ready now.
+    pub fn pool_ready(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Keeps the warm pool filled until `shutdown`, then removes its containers. Returns at
+    /// once when the pool is off.
+    pub async fn run_pool(&self, shutdown: CancellationToken) {
+        let fill = || async {
+            let id = SessionId::new(format!(
+                "{POOL_PREFIX}{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..16]
+            ));
+            let mut spec = SessionSpec::new(id);
+            spec.permission_mode = self.options.pool_permission_mode;
+            self.start_cold(spec).await
+        };
+        let discard = |session: Session| async move {
+            let id = session.id().clone();
+            if let Err(err) = session.remove().await {
+                tracing::warn!(error = &err as &dyn std::error::Error, session_id = %id, "removing a warm container");
+            }
+        };
+        self.pool.keep_filled(shutdown, fill, discard).await;
     }
 
     /// The Docker client, e.g. for inspecting a session's container.
@@ -142,11 +188,15 @@ impl DockerRuntime {
     }
 
     fn labels(&self, id: &SessionId) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_WORKER.to_owned(), self.options.worker_id.clone()),
             (LABEL_SESSION.to_owned(), id.to_string()),
-        ])
+        ]);
+        if id.as_str().starts_with(POOL_PREFIX) {
+            labels.insert(LABEL_POOL.to_owned(), "true".to_owned());
+        }
+        labels
     }
 
     fn container_body(&self, spec: &SessionSpec, volume: &str) -> ContainerCreateBody {
@@ -256,7 +306,129 @@ impl DockerRuntime {
         }
     }
 
+    /// Starts a session: from the warm pool when it can, else cold.
     pub(crate) async fn start(&self, spec: SessionSpec) -> Result<Session, Error> {
+        if self.pool.enabled() {
+            let eligible = if spec.resume.is_some() || spec.restore.is_some() {
+                Err(Miss::Resume)
+            } else if spec
+                .model
+                .as_ref()
+                .is_some_and(|m| *m != self.options.model.model)
+            {
+                Err(Miss::Model)
+            } else {
+                Ok(())
+            };
+            match eligible {
+                Ok(()) => {
+                    if let Some(session) = self.take_warm(&spec).await {
+                        self.pool.metrics.hits.inc();
+                        return Ok(session);
+                    }
+                    self.pool.metrics.miss(Miss::Empty);
+                }
+                Err(reason) => self.pool.metrics.miss(reason),
+            }
+        }
+        self.start_cold(spec).await
+    }
+
+    /// A ready warm session, renamed and switched to `spec`; `None` when none is usable.
+    async fn take_warm(&self, spec: &SessionSpec) -> Option<Session> {
+        while let Some(session) = self.pool.take() {
+            let pool_id = session.id().clone();
+            match self.adopt(session, spec).await {
+                Ok(session) => {
+                    tracing::info!(session_id = %spec.session_id, warm = %pool_id, "session started from the warm pool");
+                    return Some(session);
+                }
+                Err((err, session)) => {
+                    tracing::warn!(error = &err as &dyn std::error::Error, warm = %pool_id, "a warm container was unusable; discarding it");
+                    if let Some(session) = session
+                        && let Err(err) = session.remove().await
+                    {
+                        tracing::warn!(
+                            error = &err as &dyn std::error::Error,
+                            "removing an unusable warm container"
+                        );
+                    }
+                    let _ = self.remove_volume(&pool_id).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// Makes a warm session `spec`'s: checks its container still runs, renames it, switches
+    /// the permission mode. On failure the session is handed back for removal.
+    async fn adopt(
+        &self,
+        mut session: Session,
+        spec: &SessionSpec,
+    ) -> Result<Session, (Error, Option<Session>)> {
+        let id = &spec.session_id;
+        let pool_id = session.id().clone();
+        let pool_name = container_name(&pool_id);
+        let running = match self.docker.inspect_container(&pool_name, None).await {
+            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
+            Err(err) => {
+                return Err((
+                    docker_error("inspect_container", &pool_id)(err),
+                    Some(session),
+                ));
+            }
+        };
+        if !running {
+            return Err((
+                Error::Io {
+                    session: pool_id.to_string(),
+                    source: std::io::Error::other("the warm container is not running"),
+                },
+                Some(session),
+            ));
+        }
+        let name = container_name(id);
+        // A container of an earlier run of this session (its volume is kept).
+        if let Err(err) = self.remove_container(&name, id).await {
+            return Err((err, Some(session)));
+        }
+        let rename = RenameContainerOptionsBuilder::default().name(&name).build();
+        if let Err(err) = self.docker.rename_container(&pool_name, rename).await {
+            return Err((docker_error("rename_container", id)(err), Some(session)));
+        }
+        session.id = id.clone();
+        session.files = SessionFiles {
+            session: id.clone(),
+            files: Files::Container {
+                docker: self.docker.clone(),
+                container: name.clone(),
+            },
+        };
+        session.life = Lifecycle::Docker(ContainerLife {
+            docker: self.docker.clone(),
+            container: name,
+            runtime: self.clone(),
+            pool_volume: Some(volume_name(&pool_id)),
+        });
+        if spec.permission_mode != self.options.pool_permission_mode
+            && let Err(source) = session
+                .agent_handle()
+                .set_permission_mode(spec.permission_mode)
+                .await
+        {
+            return Err((
+                Error::Initialize {
+                    session: id.to_string(),
+                    source,
+                },
+                Some(session),
+            ));
+        }
+        Ok(session)
+    }
+
+    async fn start_cold(&self, spec: SessionSpec) -> Result<Session, Error> {
         let id = spec.session_id.clone();
         let name = container_name(&id);
         // A container of an earlier run of this session (its volume is kept).
@@ -359,6 +531,7 @@ impl DockerRuntime {
                 docker: self.docker.clone(),
                 container: name.to_owned(),
                 runtime: self.clone(),
+                pool_volume: None,
             }),
         })
     }
@@ -393,6 +566,31 @@ impl DockerRuntime {
             tracing::info!(container = %container_id, session_id = %session, "removing orphaned session container");
             self.remove_container(&container_id, &session).await?;
             removed += 1;
+        }
+        // Warm containers' volumes: no session's data lives in an untaken one, and a taken
+        // one's container was removed above.
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_WORKER}={}", self.options.worker_id),
+                format!("{LABEL_POOL}=true"),
+            ],
+        )]);
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let volumes = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(docker_error("list_volumes", &orphan))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+            match self.docker.remove_volume(&volume.name, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(docker_error("remove_volume", &orphan)(err)),
+            }
         }
         Ok(removed)
     }
@@ -504,6 +702,8 @@ pub(crate) struct ContainerLife {
     docker: Docker,
     container: String,
     runtime: DockerRuntime,
+    /// A session taken from the warm pool: its volume, removed with the container.
+    pool_volume: Option<String>,
 }
 
 impl ContainerLife {
@@ -526,7 +726,20 @@ impl ContainerLife {
             }) => {}
             Err(err) => return Err(docker_error("stop_container", id)(err)),
         }
-        self.runtime.remove_container(&self.container, id).await
+        self.runtime.remove_container(&self.container, id).await?;
+        self.remove_pool_volume(id).await
+    }
+
+    async fn remove_pool_volume(&self, id: &SessionId) -> Result<(), Error> {
+        let Some(volume) = &self.pool_volume else {
+            return Ok(());
+        };
+        let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+        match self.docker.remove_volume(volume, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(docker_error("remove_volume", id)(err)),
+        }
     }
 
     pub(crate) async fn kill(self, id: &SessionId) -> Result<(), Error> {
@@ -545,7 +758,8 @@ impl ContainerLife {
             }) => {}
             Err(err) => return Err(docker_error("kill_container", id)(err)),
         }
-        self.runtime.remove_container(&self.container, id).await
+        self.runtime.remove_container(&self.container, id).await?;
+        self.remove_pool_volume(id).await
     }
 
     pub(crate) fn clone_for_removal(&self) -> DockerRuntime {

@@ -16,12 +16,14 @@
 //! debug logs); the process runtime clears the worker's environment before starting the CLI;
 //! the docker runtime's containers are hardened (non-root, no capabilities,
 //! no-new-privileges, read-only root, limits) and labelled with the worker id, and
-//! [`Runtime::cleanup_orphans`] removes this worker's leftovers at start.
+//! [`Runtime::cleanup_orphans`] removes this worker's leftovers at start. The docker
+//! runtime keeps a [`warm`] pool of started containers for new sessions.
 
 pub mod archive;
 mod docker;
 mod process;
 mod sim;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,7 +34,7 @@ use proto::ids::SessionId;
 
 use crate::agent::{self, Agent, AgentHandle, PermissionMode};
 pub use archive::{Change, ChangeKind, ExportedFile, FileEntry, Manifest};
-pub use docker::{DockerOptions, DockerRuntime, LABEL_SESSION, LABEL_WORKER};
+pub use docker::{DockerOptions, DockerRuntime, LABEL_POOL, LABEL_SESSION, LABEL_WORKER};
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use sim::SimRuntime;
 
@@ -262,6 +264,21 @@ impl Runtime {
             Runtime::Docker(rt) => rt.start(spec).await,
             Runtime::Process(rt) => rt.start(spec).await,
             Runtime::Sim(rt) => rt.start(spec).await,
+        }
+    }
+
+    /// Keeps the docker runtime's warm pool filled until `shutdown`, then removes its
+    /// containers; returns at once for other runtimes or a pool of size 0.
+    pub async fn run_pool(&self, shutdown: tokio_util::sync::CancellationToken) {
+        if let Runtime::Docker(rt) = self {
+            rt.run_pool(shutdown).await;
+        }
+    }
+
+    /// Registers the runtime's metrics (the warm pool's) with the worker's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Runtime::Docker(rt) = self {
+            rt.pool_metrics().register(registry);
         }
     }
 

@@ -6,6 +6,7 @@ use common::testsupport::TestEnv;
 
 use super::support::{answers, eventually, fleet, link, wait_for_post};
 
+/// Containers of sessions (warm-pool containers not yet taken are left out).
 async fn session_containers() -> usize {
     let docker = bollard::Docker::connect_with_local_defaults().expect("Docker is reachable");
     let filters: HashMap<String, Vec<String>> =
@@ -18,13 +19,48 @@ async fn session_containers() -> usize {
         }))
         .await
         .expect("list containers")
-        .len()
+        .into_iter()
+        .filter(|c| {
+            !c.names
+                .iter()
+                .flatten()
+                .any(|n| n.starts_with("/ccfleet-pool-"))
+        })
+        .count()
+}
+
+/// `GET /metrics` of the fleet's first worker, served on a loopback port.
+async fn worker_metrics(fleet: &loadtest::fleet::LocalFleet) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(worker::metrics::serve(
+        listener,
+        fleet.workers[0].metrics.clone(),
+        stop.clone(),
+    ));
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    text
 }
 
 #[tokio::test]
 async fn in_docker_a_page_is_generated_and_a_follow_up_reuses_the_same_container() {
     let env = TestEnv::new().await;
     let fleet = fleet(&env, 1, 2, RuntimeKind::Docker, "acceptEdits").await;
+    // The worker's warm pool (2 by default) fills first; the new thread takes one.
+    let worker::runtime::Runtime::Docker(docker) = &fleet.workers[0].runtime else {
+        panic!("not the docker runtime");
+    };
+    eventually(Duration::from_secs(60), "the warm pool to fill", || async {
+        (docker.pool_ready() == 2).then_some(())
+    })
+    .await;
     let before = session_containers().await;
     let root = fleet
         .demo()
@@ -49,6 +85,11 @@ async fn in_docker_a_page_is_generated_and_a_follow_up_reuses_the_same_container
     assert!(page.text().await.unwrap().to_lowercase().contains("<html"));
     let during = session_containers().await;
     assert_eq!(during, before + 1, "one container for the session");
+    let metrics = worker_metrics(&fleet).await;
+    assert!(
+        metrics.contains("ccfleet_worker_warm_pool_hits_total 1\n"),
+        "{metrics}"
+    );
 
     fleet
         .demo()

@@ -94,3 +94,106 @@ async fn orphans_are_removed_by_label() {
     // Removing the handle afterwards is harmless.
     session.remove().await.unwrap();
 }
+
+/// Waits until the pool holds `n` ready containers.
+async fn pool_filled(rt: &worker::runtime::DockerRuntime, n: usize) {
+    common::testsupport::eventually(
+        std::time::Duration::from_secs(60),
+        "the warm pool to fill",
+        || async { (rt.pool_ready() >= n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_warm_container_serves_a_new_session_and_is_replaced() {
+    let h = Harness::docker_with_pool(None, 1).await;
+    let rt = docker_of(&h).clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pool = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_pool(stop).await }
+    });
+    pool_filled(&rt, 1).await;
+
+    // A new session in another permission mode takes the warm container.
+    let mut spec = h.spec();
+    spec.permission_mode = worker::agent::PermissionMode::AcceptEdits;
+    let mut session = h.runtime.start(spec.clone()).await.unwrap();
+    assert_eq!(rt.pool_metrics().hits.get(), 1);
+    // It carries the session's name, and works: a full turn against the fake model.
+    let container = session.files().container().unwrap().to_owned();
+    assert_eq!(container, format!("ccfleet-{}", spec.session_id));
+    let info = rt
+        .client()
+        .inspect_container(&container, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let labels = info.config.unwrap().labels.unwrap();
+    assert_eq!(
+        labels.get(worker::runtime::LABEL_POOL).map(String::as_str),
+        Some("true")
+    );
+    session.agent_handle().send_message("hello").await.unwrap();
+    let (events, result) = turn_result(session.agent()).await;
+    assert!(!result.is_error, "{result:#?}");
+    assert!(h.last_request().transcript().contains("hello"));
+    // The CLI started in the pool's mode runs in the session's.
+    let init = events
+        .iter()
+        .find_map(|e| match e {
+            worker::agent::Event::Init(init) => Some(init),
+            _ => None,
+        })
+        .expect("the CLI's init");
+    assert_eq!(init.permission_mode, "acceptEdits");
+
+    // The pool refills in the background.
+    pool_filled(&rt, 1).await;
+    // A resumed session cannot use it: a cold start, counted as a miss.
+    let mut resumed = h.spec();
+    resumed.resume = Some(init.session_id.clone());
+    resumed.restore = Some(session.checkpoint().await.unwrap());
+    let cold = h.runtime.start(resumed).await.unwrap();
+    assert_eq!(rt.pool_metrics().hits.get(), 1);
+    assert_eq!(
+        rt.pool_metrics()
+            .misses
+            .get_or_create(&vec![("reason", "resume")])
+            .get(),
+        1
+    );
+    assert_eq!(rt.pool_ready(), 1, "a miss leaves the pool alone");
+    cold.remove().await.unwrap();
+    session.remove().await.unwrap();
+
+    // Stopping the pool removes its containers.
+    stop.cancel();
+    pool.await.unwrap();
+    assert_eq!(rt.pool_ready(), 0);
+    assert_eq!(
+        h.runtime.cleanup_orphans().await.unwrap(),
+        0,
+        "nothing left behind"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_pool_falls_back_to_a_cold_start() {
+    // A pool that is never filled: every start is a miss and still works.
+    let h = Harness::docker_with_pool(None, 1).await;
+    let rt = docker_of(&h).clone();
+    let mut session = h.runtime.start(h.spec()).await.unwrap();
+    session.agent_handle().send_message("hello").await.unwrap();
+    let (_, result) = turn_result(session.agent()).await;
+    assert!(!result.is_error, "{result:#?}");
+    assert_eq!(
+        rt.pool_metrics()
+            .misses
+            .get_or_create(&vec![("reason", "empty")])
+            .get(),
+        1
+    );
+    assert_eq!(rt.pool_metrics().hits.get(), 0);
+    session.remove().await.unwrap();
+}

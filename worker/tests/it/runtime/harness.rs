@@ -143,6 +143,12 @@ impl Harness {
     /// The docker runtime on the `bridge` network (or `network`), the fake model on the
     /// bridge's gateway address. Fails, never skips, when Docker or the image is missing.
     pub async fn docker(network: Option<&str>) -> Self {
+        Self::docker_with_pool(network, 0).await
+    }
+
+    /// [`Harness::docker`] with a warm pool of `warm_pool` containers (not yet filling:
+    /// run [`worker::runtime::DockerRuntime::run_pool`]).
+    pub async fn docker_with_pool(network: Option<&str>, warm_pool: usize) -> Self {
         let docker = bollard::Docker::connect_with_local_defaults()
             .expect("Docker client")
             .negotiate_version()
@@ -164,6 +170,8 @@ impl Harness {
             model: model_env(&fake),
             agent: AgentOptions::default(),
             tmp_size_mb: 256,
+            warm_pool,
+            pool_permission_mode: worker::agent::PermissionMode::Default,
         };
         let runtime = match DockerRuntime::connect(options).await {
             Ok(rt) => Runtime::Docker(rt),
