@@ -92,6 +92,10 @@ pub struct NatsConfig {
     pub events_max_age_s: u64,
     /// The window in which a repeated `Nats-Msg-Id` is dropped.
     pub duplicate_window_s: u64,
+    /// The most consumers the events stream may have: one per live session across the
+    /// fleet, plus a few. Set explicitly because nats-server (2.15+) otherwise limits a
+    /// stream to 1000.
+    pub max_consumers: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -335,6 +339,12 @@ impl Config {
         }
         if !(1..=5).contains(&self.nats.replicas) {
             return Err(Error::invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if !(100..=i32::MAX as u32).contains(&self.nats.max_consumers) {
+            return Err(Error::invalid(
+                "nats.max_consumers",
+                "must be at least 100 (one per live session, plus a few)",
+            ));
         }
         if !self.postgres.url.expose().starts_with("postgres://")
             && !self.postgres.url.expose().starts_with("postgresql://")

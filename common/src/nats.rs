@@ -21,6 +21,12 @@ pub enum Error {
         #[source]
         source: async_nats::jetstream::context::CreateStreamError,
     },
+    #[error("could not update stream {stream}")]
+    StreamUpdate {
+        stream: String,
+        #[source]
+        source: async_nats::Error,
+    },
     #[error("could not create or open KV bucket {bucket}")]
     Bucket {
         bucket: String,
@@ -72,6 +78,8 @@ pub struct Topology {
     pub events_max_age: Duration,
     pub duplicate_window: Duration,
     pub lease_ttl: Duration,
+    /// Consumers the events stream may have (one per live session).
+    pub max_consumers: u32,
 }
 
 impl Topology {
@@ -82,6 +90,7 @@ impl Topology {
             events_max_age: Duration::from_secs(nats.events_max_age_s),
             duplicate_window: Duration::from_secs(nats.duplicate_window_s),
             lease_ttl,
+            max_consumers: nats.max_consumers,
         }
     }
 }
@@ -124,14 +133,33 @@ pub async fn ensure_fabric(
         num_replicas: topology.replicas,
         ..Default::default()
     };
-    let events = ensure_stream(
+    let mut events = ensure_stream(
         &js,
         stream::Config {
             max_age: topology.events_max_age,
+            max_consumers: topology.max_consumers as i32,
             ..stream(names.events_stream(), names.events_subjects())
         },
     )
     .await?;
+    // A stream made before the limit was set (or with a lower one): raise it.
+    let wanted = topology.max_consumers as i32;
+    if events.cached_info().config.max_consumers < wanted {
+        let config = stream::Config {
+            max_consumers: wanted,
+            ..events.cached_info().config.clone()
+        };
+        js.update_stream(config)
+            .await
+            .map_err(|source| Error::StreamUpdate {
+                stream: names.events_stream(),
+                source: Box::new(source),
+            })?;
+        events.info().await.map_err(|source| Error::StreamUpdate {
+            stream: names.events_stream(),
+            source: Box::new(source),
+        })?;
+    }
     let replies = ensure_stream(
         &js,
         stream::Config {

@@ -383,7 +383,14 @@ async fn dispatch_one(ctx: &Ctx, event: &ChatEvent) -> Result<(), DispatchError>
                 Ok(mut consumer) => consumer.info().await.map(|i| i.num_pending).unwrap_or(1),
                 Err(_) => 1,
             };
-            let free = fleet_free_slots(ctx).await;
+            // This worker's own free slots are part of the fleet's (and fresher than its
+            // heartbeat): when they cover the queue, no need to read everyone's.
+            let own = ctx.claimer.lock().expect("claimer lock").free() as u64;
+            let free = if own >= waiting {
+                own
+            } else {
+                fleet_free_slots(ctx).await
+            };
             tracing::debug!(waiting, free, "thread queued");
             if let Some(position) = queue_notice(waiting, free) {
                 replies::notice(

@@ -20,6 +20,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0002_approvals",
         sql: include_str!("../migrations/0002_approvals.sql"),
     },
+    Migration {
+        version: "0003_thread_cursors",
+        sql: include_str!("../migrations/0003_thread_cursors.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +333,29 @@ impl Records {
         .map(|_| ())
     }
 
+    /// The stream sequence after which the thread's events are still to be read, recorded
+    /// when its consumer was deleted.
+    pub async fn events_after(&self, thread: &str) -> Result<Option<u64>, Error> {
+        let rows = self
+            .query(
+                "SELECT after_seq FROM thread_cursors WHERE thread_id = $1",
+                &[&thread],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    pub async fn set_events_after(&self, thread: &str, after: u64) -> Result<(), Error> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.execute(
+            "INSERT INTO thread_cursors (thread_id, after_seq) VALUES ($1, $2)
+             ON CONFLICT (thread_id) DO UPDATE SET after_seq = EXCLUDED.after_seq, updated_at = now()",
+            &[&thread, &after],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Earlier messages of the thread kept as context (not yet given to the agent).
     pub async fn pending_context(
         &self,
@@ -355,15 +382,14 @@ impl Records {
         event_id: &str,
         worker: &str,
     ) -> Result<(), Error> {
+        // One round trip: the turn's row and the session's count together.
         self.execute(
-            "INSERT INTO turns (thread_id, turn, event_id, worker, started_at) VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (thread_id, turn) DO UPDATE SET worker = EXCLUDED.worker, started_at = now()",
+            "WITH started AS (
+                 INSERT INTO turns (thread_id, turn, event_id, worker, started_at) VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (thread_id, turn) DO UPDATE SET worker = EXCLUDED.worker, started_at = now()
+             )
+             UPDATE sessions SET turns = GREATEST(turns, $2), updated_at = now() WHERE thread_id = $1",
             &[&thread, &turn, &event_id, &worker],
-        )
-        .await?;
-        self.execute(
-            "UPDATE sessions SET turns = GREATEST(turns, $2), updated_at = now() WHERE thread_id = $1",
-            &[&thread, &turn],
         )
         .await
         .map(|_| ())

@@ -164,7 +164,7 @@ impl ThreadActor {
         };
         let (exit, ()) = tokio::join!(serve, keeper);
         if !matches!(exit, ActorExit::LeaseLost) {
-            state.release(&exit).await;
+            Box::pin(state.release(&exit)).await;
         } else if let Some(live) = state.live.take()
             && let Some(session) = live.session
         {
@@ -204,7 +204,8 @@ fn is_stop_emoji(emoji: &str) -> bool {
 }
 
 impl State {
-    async fn serve(&mut self, drain: &CancellationToken, lost: &CancellationToken) -> ActorExit {
+    /// Opens this thread's event consumer (read only by the lease holder, so by us).
+    async fn open_events(&self) -> Result<pull::Stream, String> {
         let names = &self.ctx.names;
         let consumer_name = names.thread_consumer(&self.thread);
         let config = |deliver_policy| pull::Config {
@@ -218,12 +219,23 @@ impl State {
             ..Default::default()
         };
         let events = &self.ctx.fabric.events;
-        let mut consumer = events
-            .get_or_create_consumer(
-                &consumer_name,
-                config(jetstream::consumer::DeliverPolicy::All),
-            )
-            .await;
+        let mut consumer = match events.get_consumer(&consumer_name).await {
+            Ok(consumer) => Ok(consumer),
+            Err(_) => {
+                // No consumer: the thread's first owner, or it went idle and its consumer
+                // was retired. Read on after where that one stopped; without a record, from
+                // the start (events handled before are skipped by their inbound record).
+                let deliver = match self.ctx.records.events_after(self.thread.as_str()).await {
+                    Ok(Some(after)) => jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                    _ => jetstream::consumer::DeliverPolicy::All,
+                };
+                events
+                    .get_or_create_consumer(&consumer_name, config(deliver))
+                    .await
+            }
+        };
         // Deliveries still pending from a previous owner (it died mid-turn) would only come
         // back after the ack wait. We hold the lease, so nobody else reads this consumer:
         // recreate it from the ack floor, and they come at once (handled ones are skipped
@@ -249,11 +261,16 @@ impl State {
         }
         let consumer = match consumer {
             Ok(consumer) => consumer,
-            Err(err) => return ActorExit::Failed(err.to_string()),
+            Err(err) => return Err(err.to_string()),
         };
-        let mut messages = match consumer.messages().await {
+        consumer.messages().await.map_err(|err| err.to_string())
+    }
+
+    async fn serve(&mut self, drain: &CancellationToken, lost: &CancellationToken) -> ActorExit {
+        // Boxed: an idle session's future should not carry the opening's state.
+        let mut messages = match Box::pin(self.open_events()).await {
             Ok(messages) => messages,
-            Err(err) => return ActorExit::Failed(err.to_string()),
+            Err(err) => return ActorExit::Failed(err),
         };
         let idle_timeout = Duration::from_secs(self.ctx.config.worker.idle_timeout_s);
         let lifetime = Duration::from_secs(self.ctx.config.worker.max_session_lifetime_s);
@@ -266,7 +283,11 @@ impl State {
                     return ActorExit::Drained;
                 }
                 if let Some(prompt) = self.prompts.pop_front() {
-                    self.start_turn(prompt).await;
+                    if self.prompts.is_empty() {
+                        // Idle sessions keep no queue capacity around.
+                        self.prompts = VecDeque::new();
+                    }
+                    Box::pin(self.start_turn(prompt)).await;
                     continue;
                 }
                 if self.started.elapsed() > lifetime || (self.done && self.live.is_none()) {
@@ -299,7 +320,7 @@ impl State {
                     return ActorExit::Idle;
                 }
                 () = tokio::time::sleep_until(expiry.unwrap_or(idle_at)), if expiry.is_some() => {
-                    self.expire_due().await;
+                    Box::pin(self.expire_due()).await;
                 }
                 _ = progress.tick() => {
                     if let Some(message) = self.turn.as_ref().and_then(|t| t.message.as_ref()) {
@@ -315,7 +336,7 @@ impl State {
                     match next {
                         Some(Ok(message)) => {
                             idle_since = tokio::time::Instant::now();
-                            self.on_message(message).await;
+                            Box::pin(self.on_message(message)).await;
                         }
                         Some(Err(err)) => tracing::warn!(error = %err, "thread consumer hiccup"),
                         None => return ActorExit::Failed("thread consumer ended".into()),
@@ -324,8 +345,8 @@ impl State {
                 event = next_agent_event(&mut self.live), if self.turn.is_some() => {
                     idle_since = tokio::time::Instant::now();
                     match event {
-                        Some(event) => self.on_agent_event(event).await,
-                        None => self.agent_died().await,
+                        Some(event) => Box::pin(self.on_agent_event(event)).await,
+                        None => Box::pin(self.agent_died()).await,
                     }
                 }
             }
@@ -740,17 +761,18 @@ impl State {
             status,
         });
         let header = live.header.clone();
-        let _ = live.replies.update(&header, text, None, false).await;
         let db = match status {
             Status::Working | Status::WaitingForApproval => "working",
             Status::Idle => "idle",
             _ => "starting",
         };
-        let _ = self
-            .ctx
-            .records
-            .set_status(self.thread.as_str(), worker.as_str(), db)
-            .await;
+        // The header edit and the record are independent: one wait for both.
+        let _ = tokio::join!(
+            live.replies.update(&header, text, None, false),
+            self.ctx
+                .records
+                .set_status(self.thread.as_str(), worker.as_str(), db),
+        );
     }
 
     async fn start_turn(&mut self, prompt: Prompt) {
@@ -776,22 +798,17 @@ impl State {
             let _ = live.replies.create(render::retrying_cut_turn(), None).await;
         }
         let number = self.turns_done + 1;
-        let _ = self
-            .ctx
-            .records
-            .start_turn(
+        let records = &self.ctx.records;
+        let (_, context) = tokio::join!(
+            records.start_turn(
                 self.thread.as_str(),
                 number,
                 &prompt.event.event_id,
                 self.ctx.id.as_str(),
-            )
-            .await;
-        let context = self
-            .ctx
-            .records
-            .pending_context(self.thread.as_str())
-            .await
-            .unwrap_or_default();
+            ),
+            records.pending_context(self.thread.as_str()),
+        );
+        let context = context.unwrap_or_default();
         let mut text = String::new();
         if !context.is_empty() {
             text.push_str("Earlier messages in this thread:\n");
@@ -2146,12 +2163,12 @@ impl State {
         {
             let _ = live.replies.create(block, None).await;
         }
-        self.checkpoint(number).await;
         let usage = result.usage;
-        let _ = self
-            .ctx
-            .records
-            .finish_turn(
+        // The checkpoint and the turn's record are independent; the event counts as handled
+        // only once the checkpoint that holds its turn is stored.
+        let _ = tokio::join!(
+            self.checkpoint(number),
+            self.ctx.records.finish_turn(
                 &thread,
                 number,
                 result.duration_ms as i64,
@@ -2163,8 +2180,8 @@ impl State {
                 ],
                 result.cost_usd,
                 result.is_error,
-            )
-            .await;
+            ),
+        );
         let _ = self
             .ctx
             .records
@@ -2182,7 +2199,7 @@ impl State {
         self.set_status(Status::Idle).await;
     }
 
-    async fn checkpoint(&mut self, turn: i32) {
+    async fn checkpoint(&self, turn: i32) {
         let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
             return;
         };
@@ -2311,6 +2328,48 @@ impl State {
         ))
     }
 
+    /// Deletes the thread's consumer if it holds nothing unread or unacknowledged, after
+    /// recording where it stopped: idle threads hold no consumer (nats-server bounds them
+    /// per stream, and each costs the server). Returns the recorded position.
+    async fn retire_consumer(&self) -> Option<u64> {
+        let name = self.ctx.names.thread_consumer(&self.thread);
+        let events = &self.ctx.fabric.events;
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> =
+            events.get_consumer(&name).await.ok()?;
+        let info = consumer.info().await.ok()?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            return None; // the next owner reads on from it
+        }
+        let after = info.delivered.stream_sequence;
+        self.ctx
+            .records
+            .set_events_after(self.thread.as_str(), after)
+            .await
+            .ok()?;
+        match events.delete_consumer(&name).await {
+            Ok(_) => Some(after),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not delete the thread's consumer");
+                None
+            }
+        }
+    }
+
+    /// 1 if the thread has an event after stream sequence `after`, else 0.
+    async fn events_since(&self, after: u64) -> u64 {
+        let subject = self.ctx.names.event_subject(&self.thread);
+        match self
+            .ctx
+            .fabric
+            .events
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) if message.sequence > after => 1,
+            _ => 0,
+        }
+    }
+
     /// Releases the thread: checkpointed session stopped, record updated, lease deleted.
     async fn release(&mut self, exit: &ActorExit) {
         if let Some(mut live) = self.live.take() {
@@ -2339,10 +2398,16 @@ impl State {
                 .set_owner(self.thread.as_str(), None, "idle")
                 .await;
         }
+        // Still under the lease, so nobody else reads the consumer.
+        let retired = self.retire_consumer().await;
         let _ = self.ctx.fabric.leases.delete(self.thread.as_str()).await;
         // Events that arrived but were not handled (a drain, an eviction racing a new
-        // message) must not be stranded: queue the thread for whichever worker is free.
-        let pending = crate::fleet::pending_events(&self.ctx, &self.thread).await;
+        // message, one that came while the lease was still ours) must not be stranded:
+        // queue the thread for whichever worker is free.
+        let pending = match retired {
+            Some(after) => self.events_since(after).await,
+            None => crate::fleet::pending_events(&self.ctx, &self.thread).await,
+        };
         if pending > 0 {
             let dedupe = format!("requeue:{}:{}", self.thread, common::now_ms());
             match crate::fleet::enqueue(&self.ctx, &self.thread, &dedupe).await {

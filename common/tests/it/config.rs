@@ -90,6 +90,8 @@ fn a_bad_value_is_reported_with_its_key() {
     assert!(err.to_string().contains("gateway.listen"), "{err}");
     let err = load(&[("CCFLEET__NATS__URL", "http://x")], &[]).unwrap_err();
     assert!(err.to_string().contains("nats.url"), "{err}");
+    let err = load(&[], &[("nats.max_consumers", "10")]).unwrap_err();
+    assert!(err.to_string().contains("nats.max_consumers"), "{err}");
 }
 
 #[test]

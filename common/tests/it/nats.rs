@@ -131,3 +131,32 @@ async fn a_chat_event_travels_through_jetstream_with_its_trace_context() {
     );
     message.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_events_stream_allows_the_configured_consumers_and_an_older_limit_is_raised() {
+    let env = TestEnv::new().await;
+    let client = env.nats().await;
+    let mut topology = topology(&env);
+    topology.max_consumers = 1200;
+    let fabric = ensure_fabric(&client, &topology).await.unwrap();
+    let mut events = fabric.events.clone();
+    assert_eq!(events.info().await.unwrap().config.max_consumers, 1200);
+
+    // More consumers than nats-server's own default of 1000 per stream.
+    for n in 0..1010 {
+        fabric
+            .events
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("c{n}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|err| panic!("consumer {n}: {err}"));
+    }
+
+    // A stream made with a lower limit is raised by the next start.
+    topology.max_consumers = 5000;
+    let fabric = ensure_fabric(&client, &topology).await.unwrap();
+    let mut events = fabric.events.clone();
+    assert_eq!(events.info().await.unwrap().config.max_consumers, 5000);
+}

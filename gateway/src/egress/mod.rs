@@ -237,6 +237,10 @@ impl Egress {
         leading: CancellationToken,
     ) {
         let mut queue: ThreadQueue<Delivery> = ThreadQueue::new(self.interval);
+        let mut known = Known::default();
+        // Per session: the last applied seq not yet written to the bucket (written once the
+        // queue has nothing due, not after every operation).
+        let mut unrecorded: HashMap<SessionId, u64> = HashMap::new();
         // Per session: the next seq to feed, and operations that arrived early.
         let mut expected: HashMap<SessionId, u64> = HashMap::new();
         let mut early: HashMap<SessionId, BTreeMap<u64, (Delivery, tokio::time::Instant)>> =
@@ -251,15 +255,19 @@ impl Egress {
                             .last()
                             .map(|d| d.span.clone())
                             .unwrap_or_else(tracing::Span::none);
+                        // Delivered once: no earlier leader can have applied it.
+                        let fresh = done
+                            .iter()
+                            .all(|d| d.message.info().is_ok_and(|i| i.delivered == 1));
                         let applied = self
-                            .apply_with_retries(&op, &leading)
+                            .apply_with_retries(&op, &mut known, fresh, &leading)
                             .instrument(span)
                             .await;
                         if !applied {
                             // Leadership lost mid-retry: leave everything unacked for the next leader.
                             return;
                         }
-                        self.mark_applied(&op).await;
+                        unrecorded.insert(op.session.clone(), op.seq);
                         for delivery in done {
                             let lag = common::now_ms().saturating_sub(delivery.op.created_at_ms);
                             self.metrics.egress_lag.observe(lag as f64 / 1000.0);
@@ -272,6 +280,7 @@ impl Egress {
                     Next::Idle => break None,
                 }
             };
+            self.record_applied(&mut unrecorded).await;
             let gap_deadline = early
                 .values()
                 .filter_map(|m| m.values().map(|(_, since)| *since + GAP_WAIT).min())
@@ -348,22 +357,33 @@ impl Egress {
         }
     }
 
-    async fn mark_applied(&self, op: &ReplyOp) {
-        let key = format!("applied.{}", op.session);
-        if let Err(err) = self.posts.put(key, op.seq.to_string().into()).await {
-            tracing::warn!(error = %err, "could not record the applied sequence");
-        }
+    /// Writes each session's last applied seq. Only a hint for a later leader: what was
+    /// acknowledged is never redelivered, and a redelivered create finds its reference.
+    async fn record_applied(&self, unrecorded: &mut HashMap<SessionId, u64>) {
+        let writes = unrecorded.drain().map(|(session, seq)| async move {
+            let key = format!("applied.{session}");
+            if let Err(err) = self.posts.put(key, seq.to_string().into()).await {
+                tracing::warn!(error = %err, "could not record the applied sequence");
+            }
+        });
+        futures::future::join_all(writes).await;
     }
 
     /// Applies `op`, retrying what is retryable. Returns `false` only when leadership was
     /// lost before it could finish (nothing is acknowledged then).
-    async fn apply_with_retries(&self, op: &ReplyOp, leading: &CancellationToken) -> bool {
+    async fn apply_with_retries(
+        &self,
+        op: &ReplyOp,
+        known: &mut Known,
+        fresh: bool,
+        leading: &CancellationToken,
+    ) -> bool {
         let mut attempt = 0;
         loop {
             if leading.is_cancelled() {
                 return false;
             }
-            let result = self.apply(op).await;
+            let result = self.apply(op, known, fresh && attempt == 0).await;
             let err = match result {
                 Ok(()) => return true,
                 Err(err) => err,
@@ -414,7 +434,8 @@ impl Egress {
         }
     }
 
-    async fn apply(&self, op: &ReplyOp) -> Result<(), ApplyError> {
+    /// `fresh`: no earlier attempt (of this or another leader) can have created posts.
+    async fn apply(&self, op: &ReplyOp, known: &mut Known, fresh: bool) -> Result<(), ApplyError> {
         let root = op.thread.as_str();
         let channel = op.channel.as_str();
         match &op.op {
@@ -424,7 +445,7 @@ impl Egress {
                 props_json,
             } => {
                 let props = parse_props(props_json.as_deref());
-                self.write_post(op, local, message, props.as_ref(), &[], true)
+                self.write_post(op, known, fresh, local, message, props.as_ref(), &[], true)
                     .await
             }
             Op::UpdatePost {
@@ -434,11 +455,11 @@ impl Egress {
                 ..
             } => {
                 let props = parse_props(props_json.as_deref());
-                self.write_post(op, local, message, props.as_ref(), &[], false)
+                self.write_post(op, known, fresh, local, message, props.as_ref(), &[], false)
                     .await
             }
             Op::AddReaction { target, emoji } => {
-                let post = self.resolve(target).await?;
+                let post = self.resolve(known, target).await?;
                 self.budget.acquire().await;
                 self.call("add_reaction", async {
                     self.mattermost
@@ -449,7 +470,7 @@ impl Egress {
                 .await
             }
             Op::RemoveReaction { target, emoji } => {
-                let post = self.resolve(target).await?;
+                let post = self.resolve(known, target).await?;
                 self.budget.acquire().await;
                 self.call("remove_reaction", async {
                     self.mattermost
@@ -474,7 +495,7 @@ impl Egress {
                 message,
                 files,
             } => {
-                if self.lookup(&ref_key(local, 0)).await.is_some() {
+                if !fresh && self.lookup(known, &ref_key(local, 0)).await.is_some() {
                     return Ok(());
                 }
                 let store = self.store.as_ref();
@@ -518,7 +539,7 @@ impl Egress {
                     file_ids.push(id);
                 }
                 let _ = root;
-                self.write_post(op, local, message, None, &file_ids, true)
+                self.write_post(op, known, fresh, local, message, None, &file_ids, true)
                     .await
             }
         }
@@ -526,9 +547,12 @@ impl Egress {
 
     /// Creates or updates the post(s) behind `local`, splitting text over the size limit
     /// into continuation posts.
+    #[allow(clippy::too_many_arguments)]
     async fn write_post(
         &self,
         op: &ReplyOp,
+        known: &mut Known,
+        fresh: bool,
         local: &LocalRef,
         message: &str,
         props: Option<&Value>,
@@ -538,7 +562,12 @@ impl Egress {
         let chunks = split_message(message, MAX_POST_CHARS);
         for (part, chunk) in chunks.iter().enumerate() {
             let key = ref_key(local, part);
-            let existing = self.lookup(&key).await;
+            // A fresh create has no post yet; anything else may (a redelivery, an update).
+            let existing = if create && fresh {
+                None
+            } else {
+                self.lookup(known, &key).await
+            };
             let props = if part == 0 { props } else { None };
             match existing {
                 Some(post_id) if !(create && part == 0) => {
@@ -573,36 +602,43 @@ impl Egress {
                             ),
                         )
                         .await?;
-                    self.remember(&key, &post.id, &op.thread).await;
+                    self.remember(known, key, &post.id, &op.thread).await;
                 }
             }
         }
         Ok(())
     }
 
-    async fn lookup(&self, key: &str) -> Option<String> {
-        match self.posts.get(key).await {
-            Ok(Some(bytes)) => String::from_utf8(bytes.to_vec()).ok(),
-            _ => None,
+    async fn lookup(&self, known: &mut Known, key: &str) -> Option<String> {
+        if let Some(post_id) = known.get(key) {
+            return Some(post_id.clone());
         }
+        let post_id = match self.posts.get(key).await {
+            Ok(Some(bytes)) => String::from_utf8(bytes.to_vec()).ok()?,
+            _ => return None,
+        };
+        known.insert(key.to_owned(), post_id.clone());
+        Some(post_id)
     }
 
-    async fn remember(&self, key: &str, post_id: &str, thread: &ThreadId) {
+    async fn remember(&self, known: &mut Known, key: String, post_id: &str, thread: &ThreadId) {
         // Both writes are retried by the next redelivery's lookup if they fail; log once.
-        if let Err(err) = self.posts.put(key, post_id.to_owned().into()).await {
+        let (by_ref, by_post) = tokio::join!(
+            self.posts.put(&key, post_id.to_owned().into()),
+            self.posts
+                .put(format!("post.{post_id}"), thread.to_string().into()),
+        );
+        if let Err(err) = by_ref.and(by_post) {
             tracing::warn!(error = %err, key, "could not record post reference");
         }
-        let _ = self
-            .posts
-            .put(format!("post.{post_id}"), thread.to_string().into())
-            .await;
+        known.insert(key, post_id.to_owned());
     }
 
-    async fn resolve(&self, target: &PostTarget) -> Result<String, ApplyError> {
+    async fn resolve(&self, known: &mut Known, target: &PostTarget) -> Result<String, ApplyError> {
         match target {
             PostTarget::Mattermost(id) => Ok(id.to_string()),
             PostTarget::Local(local) => self
-                .lookup(&ref_key(local, 0))
+                .lookup(known, &ref_key(local, 0))
                 .await
                 .ok_or_else(|| ApplyError::UnknownPost(local.clone())),
         }
@@ -657,6 +693,28 @@ fn plain_reason(err: &ApplyError) -> String {
         ApplyError::Mattermost(_) => "Mattermost could not be reached".to_owned(),
         ApplyError::UnknownPost(_) => "the post it updates was never created".to_owned(),
         ApplyError::Object { .. } => "a generated file could not be read".to_owned(),
+    }
+}
+
+/// A thread task's memory of post references (reference key → Mattermost post id). Only
+/// the leader writes references, so what this leader wrote or read stays true while it
+/// leads; each leadership term starts empty and reads the bucket.
+#[derive(Default)]
+struct Known(HashMap<String, String>);
+
+impl Known {
+    /// More references than any thread task needs; past this the memory starts over.
+    const MAX: usize = 4096;
+
+    fn get(&self, key: &str) -> Option<&String> {
+        self.0.get(key)
+    }
+
+    fn insert(&mut self, key: String, post_id: String) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(key, post_id);
     }
 }
 

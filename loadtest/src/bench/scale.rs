@@ -50,6 +50,11 @@ pub struct Args {
     /// The `ccfleet-worker` binary (default: next to this `loadtest` binary).
     #[arg(long)]
     pub worker_bin: Option<PathBuf>,
+    /// The fleet's Mattermost request budget (`mattermost.requests_per_second`); high by
+    /// default so that the budget (≈ 4 requests per answered thread) is not what is
+    /// measured.
+    #[arg(long, default_value_t = 100_000)]
+    pub mm_budget: u32,
     /// The longest opening all idle threads may take.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
@@ -112,7 +117,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
         workers: args.workers,
         max_sessions: None,
         drain_s: 30.0,
-        mm_budget: 100_000,
+        mm_budget: args.mm_budget,
         mm_rate_limit: None,
     })
     .await?;
@@ -172,6 +177,7 @@ async fn idle_phase(env: &BenchEnv, args: &Args, bin: &std::path::Path) -> Resul
     let total = args.warmup + args.idle;
     let mut config = env.config();
     config.worker.idle_timeout_s = 86_400;
+    config.mattermost.requests_per_second = args.mm_budget;
     progress(
         SCENARIO,
         format_args!("idle: starting the gateway and one ccfleet-worker process (sim runtime)"),

@@ -122,6 +122,7 @@ async fn scale_reports_bytes_per_idle_session_and_active_latency() {
             duration_s: 2.0,
             open_rate: 20.0,
             worker_bin: None,
+            mm_budget: 100_000,
             timeout_s: 120,
         }),
         report: None,

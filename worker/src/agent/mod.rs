@@ -129,7 +129,8 @@ impl std::fmt::Debug for AgentHandle {
 /// A running CLI: the event stream plus an [`AgentHandle`].
 pub struct Agent {
     handle: AgentHandle,
-    events: mpsc::Receiver<Event>,
+    /// Boxed: the channel's blocks hold 32 slots each, and an idle session keeps one.
+    events: mpsc::Receiver<Box<Event>>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -167,7 +168,7 @@ impl Agent {
     /// The next event; `None` once the CLI closed its stdout (it exited) and every
     /// event before that was taken.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        self.events.recv().await.map(|event| *event)
     }
 
     /// The next event, or `None` if none arrives within `timeout` or the CLI exited.
@@ -176,6 +177,7 @@ impl Agent {
             .await
             .ok()
             .flatten()
+            .map(|event| *event)
     }
 
     /// Closes stdin and waits until the CLI closes stdout (it exits after the current
@@ -318,16 +320,23 @@ impl AgentHandle {
     }
 }
 
+/// The read buffer of the CLI's stdout, and what the line buffer keeps between lines.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Reads stdout lines until EOF, routing control responses and forwarding events.
 async fn read_stdout(
     stdout: Pin<Box<dyn AsyncRead + Send>>,
     inner: Arc<Inner>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Box<Event>>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    // Every session holds one of these for its whole life, mostly idle: a small read
+    // buffer (lines longer than it are assembled in `line`), and `line` gives back what a
+    // long line (a big tool result) made it grow to.
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stdout);
     let mut line = Vec::new();
     loop {
         line.clear();
+        line.shrink_to(READ_BUFFER_BYTES);
         match read_line(&mut reader, &mut line).await {
             Ok(0) => break,
             Ok(_) => {}
@@ -368,7 +377,7 @@ async fn read_stdout(
                         }
                         _ => {}
                     }
-                    if events.send(event).await.is_err() {
+                    if events.send(Box::new(event)).await.is_err() {
                         // Nobody listens any more; keep routing control responses.
                         tracing::trace!("agent event dropped: no receiver");
                     }

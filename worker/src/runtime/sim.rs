@@ -43,7 +43,8 @@ impl SimRuntime {
         let (host_stdin, sim_stdin) = tokio::io::duplex(64 * 1024);
         let (sim_stdout, host_stdout) = tokio::io::duplex(256 * 1024);
         let sim = SimAgent {
-            lines: BufReader::new(sim_stdin).lines(),
+            // The agent's side of the pipe (a container's, for real runtimes): small.
+            lines: BufReader::with_capacity(1024, sim_stdin).lines(),
             out: sim_stdout,
             workspace: root.join(archive::WORKSPACE),
             session_id: spec

@@ -487,3 +487,76 @@ fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn a_thread_that_went_idle_holds_no_consumer_and_its_next_message_picks_up_after_it() {
+    let env = TestEnv::new().await;
+    let fleet = super::support::fleet_with(&env, 1, 4, RuntimeKind::Process, "default", |config| {
+        config.worker.idle_timeout_s = 2
+    })
+    .await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude remember the word HERON", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the first answer", is_answer).await;
+    wait_for_post(&fleet, &root.id, TURN, "the idle notice", |p| {
+        p.message.contains("put to sleep")
+    })
+    .await;
+
+    // Released: the thread's consumer is gone, and where it stopped is recorded.
+    let names = proto::names::Names::new(env.prefix.clone());
+    let thread = proto::ThreadId::new(root.id.clone());
+    let js = async_nats::jetstream::new(env.nats().await);
+    let events = js.get_stream(names.events_stream()).await.unwrap();
+    let consumer = names.thread_consumer(&thread);
+    eventually(Duration::from_secs(20), "the consumer retired", || async {
+        events
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&consumer)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let pg = env.pool().get().await.unwrap();
+    let row = pg
+        .query_one(
+            "SELECT after_seq FROM thread_cursors WHERE thread_id = $1",
+            &[&root.id],
+        )
+        .await
+        .expect("a cursor for the thread");
+    let after: i64 = row.get(0);
+    assert!(after > 0, "the cursor points past the first event: {after}");
+
+    // The next message wakes the session: answered once, with the conversation.
+    let before = fleet.model.message_requests().len();
+    fleet
+        .demo()
+        .post(fleet.channel_id(), "what was the word?", Some(&root.id))
+        .await
+        .unwrap();
+    let answered = eventually(TURN, "the follow-up answered", || async {
+        let answers = answers(&fleet, &root.id).await;
+        (answers.len() >= 2).then_some(answers)
+    })
+    .await;
+    assert_eq!(answered.len(), 2, "answered once");
+    // Only the new message reached the model (the first one was not read again).
+    let requests = fleet.model.message_requests();
+    let last = requests.last().cloned().unwrap();
+    assert!(last.transcript().contains("HERON"), "{}", last.transcript());
+    assert!(requests.len() > before);
+    assert_eq!(
+        last.transcript().matches("remember the word HERON").count(),
+        1,
+        "the first message was not run again: {}",
+        last.transcript()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(answers(&fleet, &root.id).await.len(), 2, "nothing doubled");
+    assert_contract(&fleet).await;
+    fleet.stop().await;
+}
