@@ -310,6 +310,14 @@ pub fn interrupted(by: &str) -> String {
     )
 }
 
+/// The thread's messages could not be read (its consumer could not be opened); a retry
+/// follows.
+pub fn unreadable(retry_s: u64) -> String {
+    format!(
+        ":warning: Claude could not pick up this thread just now (the message queue refused it). Trying again in {retry_s} seconds; nothing you wrote is lost."
+    )
+}
+
 pub fn evicted() -> String {
     ":zzz: This session was put to sleep to make room for a queued thread. Reply in this thread to wake it up where it left off.".to_owned()
 }

@@ -43,6 +43,9 @@ pub enum ActorExit {
     Failed(String),
 }
 
+/// How long a thread whose events could not be read waits before it is queued again.
+const RETRY_UNREADABLE: Duration = Duration::from_secs(5);
+
 pub struct ThreadActor {
     ctx: Arc<Ctx>,
     thread: ThreadId,
@@ -2370,6 +2373,56 @@ impl State {
         }
     }
 
+    /// The thread's events could not be read: say so in the thread (once per event, by its
+    /// `Nats-Msg-Id`) and queue the thread again after [`RETRY_UNREADABLE`], if an event is
+    /// still to be read.
+    async fn retry_unreadable(&self, reason: &str) {
+        tracing::error!(
+            reason,
+            "the thread's events could not be read; retrying later"
+        );
+        let subject = self.ctx.names.event_subject(&self.thread);
+        let Ok(last) = self
+            .ctx
+            .fabric
+            .events
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        else {
+            return;
+        };
+        let read_up_to = self
+            .ctx
+            .records
+            .events_after(self.thread.as_str())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if last.sequence <= read_up_to {
+            return;
+        }
+        if let Ok(event) = ChatEvent::decode(&last.payload) {
+            let _ = crate::replies::notice(
+                &self.ctx.fabric.js,
+                &self.ctx.names,
+                &self.thread,
+                &event.channel,
+                &format!("unreadable-{}", event.event_id),
+                render::unreadable(RETRY_UNREADABLE.as_secs()),
+            )
+            .await;
+        }
+        let (ctx, thread) = (self.ctx.clone(), self.thread.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_UNREADABLE).await;
+            let dedupe = format!("retry:{thread}:{}", common::now_ms());
+            if let Err(err) = crate::fleet::enqueue(&ctx, &thread, &dedupe).await {
+                tracing::error!(%thread, error = %err, "could not re-queue the thread");
+            }
+        });
+    }
+
     /// Releases the thread: checkpointed session stopped, record updated, lease deleted.
     async fn release(&mut self, exit: &ActorExit) {
         if let Some(mut live) = self.live.take() {
@@ -2404,6 +2457,10 @@ impl State {
         // Events that arrived but were not handled (a drain, an eviction racing a new
         // message, one that came while the lease was still ours) must not be stranded:
         // queue the thread for whichever worker is free.
+        if let ActorExit::Failed(reason) = exit {
+            self.retry_unreadable(reason).await;
+            return;
+        }
         let pending = match retired {
             Some(after) => self.events_since(after).await,
             None => crate::fleet::pending_events(&self.ctx, &self.thread).await,

@@ -560,3 +560,58 @@ async fn a_thread_that_went_idle_holds_no_consumer_and_its_next_message_picks_up
     assert_contract(&fleet).await;
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn a_thread_whose_events_cannot_be_read_is_told_so_and_answered_once_they_can() {
+    let env = TestEnv::new().await;
+    let fleet = super::support::fleet_with(&env, 1, 4, RuntimeKind::Process, "default", |config| {
+        config.nats.max_consumers = 100
+    })
+    .await;
+    // Fill the events stream's consumer limit (the fleet's dispatch consumer is one).
+    let names = proto::names::Names::new(env.prefix.clone());
+    let js = async_nats::jetstream::new(env.nats().await);
+    let events = js.get_stream(names.events_stream()).await.unwrap();
+    let mut filler = Vec::new();
+    for n in 0.. {
+        let name = format!("filler-{n}");
+        let created = events
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ..Default::default()
+            })
+            .await;
+        if created.is_err() {
+            break;
+        }
+        filler.push(name);
+    }
+    assert!(filler.len() >= 90, "{} fillers", filler.len());
+
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the could-not-read notice", |p| {
+        p.message.contains("could not pick up this thread")
+    })
+    .await;
+    assert!(answers(&fleet, &root.id).await.is_empty());
+
+    // Room again: the retry reads the message and answers it, once.
+    for name in &filler {
+        events.delete_consumer(name).await.unwrap();
+    }
+    wait_for_post(&fleet, &root.id, TURN, "the answer", is_answer).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(answers(&fleet, &root.id).await.len(), 1, "answered once");
+    let notices = bot_posts(&fleet, &root.id)
+        .await
+        .into_iter()
+        .filter(|p| p.message.contains("could not pick up this thread"))
+        .count();
+    assert_eq!(notices, 1, "one notice for the message");
+    assert_contract(&fleet).await;
+    fleet.stop().await;
+}
