@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use proto::names::{MSG_ID_HEADER, Names};
 use proto::v1::EventBody;
 use proto::{ChatEvent, Message, ThreadId, WorkerId};
@@ -185,7 +185,14 @@ impl Worker {
                     let drain = drain.clone();
                     actors.spawn(async move {
                         let thread = actor.thread().clone();
-                        (thread, actor.run(drain).await)
+                        // A panic is a bug, but it must not cost the worker the slot: the
+                        // thread comes back either way (its lease lapses; the janitor
+                        // re-queues what it left unhandled).
+                        let exit = std::panic::AssertUnwindSafe(actor.run(drain))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| ActorExit::Failed("the session actor panicked".into()));
+                        (thread, exit)
                     });
                 }
                 Some(done) = actors.join_next(), if !actors.is_empty() => {
