@@ -43,6 +43,16 @@ pub enum ActorExit {
     Failed(String),
 }
 
+/// What became of a thread's consumer when the thread was released.
+enum Retired {
+    /// Deleted, after recording that the events up to this stream sequence were read.
+    After(u64),
+    /// Kept for the next owner: it holds this many unread or unacknowledged events.
+    Kept(u64),
+    /// Absent or unreachable: counted again once the lease is gone.
+    Unknown,
+}
+
 /// How long a thread whose events could not be read waits before it is queued again.
 const RETRY_UNREADABLE: Duration = Duration::from_secs(5);
 
@@ -2333,44 +2343,48 @@ impl State {
 
     /// Deletes the thread's consumer if it holds nothing unread or unacknowledged, after
     /// recording where it stopped: idle threads hold no consumer (nats-server bounds them
-    /// per stream, and each costs the server). Returns the recorded position.
-    async fn retire_consumer(&self) -> Option<u64> {
+    /// per stream, and each costs the server).
+    async fn retire_consumer(&self) -> Retired {
         let name = self.ctx.names.thread_consumer(&self.thread);
         let events = &self.ctx.fabric.events;
-        let mut consumer: jetstream::consumer::Consumer<pull::Config> =
-            events.get_consumer(&name).await.ok()?;
-        let info = consumer.info().await.ok()?;
-        if info.num_pending > 0 || info.num_ack_pending > 0 {
-            return None; // the next owner reads on from it
+        let Ok(mut consumer) = events.get_consumer::<pull::Config>(&name).await else {
+            return Retired::Unknown;
+        };
+        let Ok(info) = consumer.info().await else {
+            return Retired::Unknown;
+        };
+        let pending = info.num_pending + info.num_ack_pending as u64;
+        if pending > 0 {
+            return Retired::Kept(pending); // the next owner reads on from it
         }
         let after = info.delivered.stream_sequence;
-        self.ctx
+        if self
+            .ctx
             .records
             .set_events_after(self.thread.as_str(), after)
             .await
-            .ok()?;
+            .is_err()
+        {
+            return Retired::Unknown;
+        }
         match events.delete_consumer(&name).await {
-            Ok(_) => Some(after),
+            Ok(_) => Retired::After(after),
             Err(err) => {
                 tracing::warn!(error = %err, "could not delete the thread's consumer");
-                None
+                Retired::Unknown
             }
         }
     }
 
-    /// 1 if the thread has an event after stream sequence `after`, else 0.
-    async fn events_since(&self, after: u64) -> u64 {
+    /// The thread's newest event in the stream.
+    async fn last_event(&self) -> Option<jetstream::message::StreamMessage> {
         let subject = self.ctx.names.event_subject(&self.thread);
-        match self
-            .ctx
+        self.ctx
             .fabric
             .events
             .get_last_raw_message_by_subject(&subject)
             .await
-        {
-            Ok(message) if message.sequence > after => 1,
-            _ => 0,
-        }
+            .ok()
     }
 
     /// The thread's events could not be read: say so in the thread (once per event, by its
@@ -2381,14 +2395,7 @@ impl State {
             reason,
             "the thread's events could not be read; retrying later"
         );
-        let subject = self.ctx.names.event_subject(&self.thread);
-        let Ok(last) = self
-            .ctx
-            .fabric
-            .events
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        else {
+        let Some(last) = self.last_event().await else {
             return;
         };
         let read_up_to = self
@@ -2462,8 +2469,13 @@ impl State {
             return;
         }
         let pending = match retired {
-            Some(after) => self.events_since(after).await,
-            None => crate::fleet::pending_events(&self.ctx, &self.thread).await,
+            Retired::After(after) => self
+                .last_event()
+                .await
+                .is_some_and(|last| last.sequence > after)
+                .into(),
+            Retired::Kept(pending) => pending,
+            Retired::Unknown => crate::fleet::pending_events(&self.ctx, &self.thread).await,
         };
         if pending > 0 {
             let dedupe = format!("requeue:{}:{}", self.thread, common::now_ms());

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::stats::Samples;
-use super::{BenchEnv, Error, Outcome, Report, progress};
+use super::{BenchEnv, Error, Outcome, Report, progress, stop_fleet};
 use crate::fleet::{FleetOptions, LocalFleet, find_claude_bin};
 use crate::mmsim::client::{EventKind, EventStream};
 use crate::mmsim::model::Post;
@@ -111,12 +111,7 @@ async fn drive(env: &BenchEnv, args: &Args) -> Result<Outcome, Error> {
     .map_err(Error::Fleet)?;
     let result = measure(&mut fleet, args).await;
     progress(SCENARIO, format_args!("stopping the fleet"));
-    if tokio::time::timeout(Duration::from_secs(60), fleet.stop())
-        .await
-        .is_err()
-    {
-        progress(SCENARIO, format_args!("the fleet did not stop within 60 s"));
-    }
+    stop_fleet(fleet, SCENARIO, Duration::from_secs(60)).await;
     let m = result?;
     let figures = Figures {
         scenario: SCENARIO,

@@ -152,6 +152,16 @@ pub(crate) fn progress(scenario: &str, line: std::fmt::Arguments<'_>) {
     eprintln!("[bench {scenario}] {line}");
 }
 
+/// Stops `fleet`, saying so if it takes longer than `within` (the figures stand either way).
+pub(crate) async fn stop_fleet(fleet: crate::fleet::LocalFleet, scenario: &str, within: Duration) {
+    if tokio::time::timeout(within, fleet.stop()).await.is_err() {
+        progress(
+            scenario,
+            format_args!("the fleet did not stop within {} s", within.as_secs()),
+        );
+    }
+}
+
 /// This run's slice of the local services. [`BenchEnv::finish`] removes its streams and
 /// buckets; dropping it drops its database.
 pub(crate) struct BenchEnv {

@@ -21,8 +21,9 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::latency::Watch;
 use super::stats::{Samples, round2};
-use super::{BenchEnv, Error, Outcome, Report, progress, secs};
+use super::{BenchEnv, Error, Outcome, Report, progress, secs, stop_fleet};
 use crate::fleet::{FleetOptions, LocalFleet};
 use crate::mmsim::client::{EventKind, EventStream};
 use crate::mmsim::model::Post;
@@ -133,12 +134,7 @@ async fn drive(env: &BenchEnv, args: &Args) -> Result<Outcome, Error> {
     .map_err(Error::Fleet)?;
     let result = measure(&fleet, args).await;
     progress(SCENARIO, format_args!("stopping the fleet"));
-    if tokio::time::timeout(Duration::from_secs(60), fleet.stop())
-        .await
-        .is_err()
-    {
-        progress(SCENARIO, format_args!("the fleet did not stop within 60 s"));
-    }
+    stop_fleet(fleet, SCENARIO, Duration::from_secs(60)).await;
     let (figures, histograms) = result?;
     let figures = serde_json::to_value(&figures).unwrap_or_default();
     Ok(Outcome {
@@ -273,14 +269,7 @@ type Measured = (Figures, Vec<(String, Samples)>);
 async fn measure(fleet: &LocalFleet, args: &Args) -> Result<Measured, Error> {
     let user = fleet.demo().clone();
     let channel = fleet.channel_id().to_owned();
-    let mut events = user
-        .websocket()
-        .await
-        .map_err(Error::client("the user's WebSocket"))?;
-    events
-        .wait_for(Duration::from_secs(10), |e| e.kind() == EventKind::Hello)
-        .await
-        .map_err(Error::client("the WebSocket hello"))?;
+    let events = Watch::open(fleet, Duration::from_secs(10)).await?.events;
     if let Some(per_sec) = args.mm_rate_limit {
         fleet
             .control

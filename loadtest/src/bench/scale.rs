@@ -19,7 +19,7 @@ use common::config::RuntimeKind;
 use serde_json::{Value, json};
 
 use super::latency::Watch;
-use super::{BenchEnv, Error, Outcome, overhead, progress};
+use super::{BenchEnv, Error, Outcome, overhead, progress, stop_fleet};
 use crate::fleet::{FleetOptions, LocalFleet};
 use crate::mmsim::client::EventKind;
 
@@ -263,12 +263,7 @@ async fn idle_phase(env: &BenchEnv, args: &Args, bin: &std::path::Path) -> Resul
         measured
     }
     .await;
-    if tokio::time::timeout(Duration::from_secs(60), fleet.stop())
-        .await
-        .is_err()
-    {
-        progress(SCENARIO, format_args!("the fleet did not stop within 60 s"));
-    }
+    stop_fleet(fleet, SCENARIO, Duration::from_secs(60)).await;
     result
 }
 

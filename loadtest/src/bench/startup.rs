@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::latency::{Watch, new_thread};
 use super::stats::{Samples, round2};
-use super::{BenchEnv, Error, Outcome, Report, progress};
+use super::{BenchEnv, Error, Outcome, Report, progress, stop_fleet};
 use crate::fake_model::FakeModel;
 use crate::fleet::{FleetOptions, LocalFleet, find_claude_bin};
 
@@ -267,15 +267,7 @@ async fn fleet_run(
     .map_err(Error::Fleet)?;
     let result = fleet_samples(&fleet, args, pool, what, within).await;
     progress(SCENARIO, format_args!("{what}: stopping the fleet"));
-    if tokio::time::timeout(Duration::from_secs(120), fleet.stop())
-        .await
-        .is_err()
-    {
-        progress(
-            SCENARIO,
-            format_args!("the fleet did not stop within 120 s"),
-        );
-    }
+    stop_fleet(fleet, SCENARIO, Duration::from_secs(120)).await;
     result
 }
 
