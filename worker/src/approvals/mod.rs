@@ -1,9 +1,17 @@
 //! Approvals: what a permission request, question, plan or outsider's message asks the
 //! thread, which buttons and reactions answer it, and the decision stored for it.
 //!
-//! Sans-IO: the session actor (`crate::session`) persists rows (`crate::records`), posts
-//! and answers the CLI. A decision is stored before it is delivered, so a CLI that asks
-//! again after a worker restart gets it from the record ([`Decision::to_answer`]).
+//! Sans-IO: this module holds the tables, [`state::Approvals`] the decisions; the session
+//! actor (`crate::session`) persists rows (`crate::records`), posts and answers the CLI.
+//! A decision is stored before it is delivered, so a CLI that asks again after a worker
+//! restart gets it from the record ([`Decision::to_answer`]).
+
+pub mod state;
+
+pub use state::{
+    Answer, Approvals, Asked, Attempt, Buttons, Effect, Held, Options, Outcome, Person, Via,
+    Withdrawal,
+};
 
 use std::collections::BTreeMap;
 
