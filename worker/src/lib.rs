@@ -9,6 +9,7 @@ pub mod access;
 pub mod agent;
 pub mod approvals;
 pub mod claim;
+pub mod ctx;
 pub mod fleet;
 pub mod metrics;
 pub mod records;
