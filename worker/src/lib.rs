@@ -17,5 +17,6 @@ pub mod render;
 pub mod replies;
 pub mod runtime;
 pub mod session;
+pub mod transcript;
 
 pub use fleet::Worker;
