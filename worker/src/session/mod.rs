@@ -84,12 +84,10 @@ struct Turn {
     event: ChatEvent,
     message: Option<jetstream::Message>,
     answer: Option<LocalRef>,
-    blocks: Vec<String>,
-    partial: String,
-    error: Option<String>,
+    /// What the turn's answer post shows.
+    transcript: crate::transcript::Transcript,
     started: Instant,
     before: Option<crate::runtime::archive::Manifest>,
-    interrupted_by: Option<String>,
 }
 
 /// A request of the running CLI waiting for the thread (permission, AskUserQuestion,

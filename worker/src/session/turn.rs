@@ -10,13 +10,14 @@ use super::*;
 use crate::agent::{Event, PermissionAnswer, TurnResult};
 use crate::approvals::{self};
 use crate::render::{self, Status, Verdict};
+use crate::transcript::{Change, Transcript};
 
 impl State {
     pub(super) async fn interrupt(&mut self, by: &str) {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
-        turn.interrupted_by = Some(by.to_owned());
+        turn.transcript.interrupted(by);
         if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
             let handle = session.agent_handle();
             // Deny pending questions first so the CLI is not stuck waiting for them.
@@ -137,12 +138,9 @@ impl State {
             event: prompt.event,
             message: prompt.message,
             answer: None,
-            blocks: Vec::new(),
-            partial: String::new(),
-            error: None,
+            transcript: Transcript::new(),
             started: Instant::now(),
             before,
-            interrupted_by: None,
         });
         self.set_status(Status::Working).await;
     }
@@ -211,30 +209,15 @@ impl State {
         }
     }
 
-    pub(super) fn answer_text(turn: &Turn) -> String {
-        let mut parts: Vec<&str> = turn.blocks.iter().map(String::as_str).collect();
-        if !turn.partial.is_empty() {
-            parts.push(&turn.partial);
-        }
-        if parts.is_empty() {
-            ":hourglass_flowing_sand: Working…".to_owned()
-        } else {
-            parts.join("\n\n")
-        }
-    }
-
-    pub(super) async fn publish_answer(&mut self, streaming: bool, extra: Option<String>) {
+    /// Publishes the turn's answer post: `text`, or what the transcript shows so far.
+    pub(super) async fn publish_answer(&mut self, streaming: bool, text: Option<String>) {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let mut text = Self::answer_text(turn);
-        if let Some(extra) = extra {
-            text.push_str("\n\n");
-            text.push_str(&extra);
-        }
+        let text = text.unwrap_or_else(|| turn.transcript.text());
         match &turn.answer {
             Some(local) => {
                 let _ = live.replies.update(local, text, None, streaming).await;
@@ -261,38 +244,20 @@ impl State {
                         .await;
                 }
             }
-            Event::TextDelta { text } => {
-                if let Some(turn) = self.turn.as_mut() {
-                    turn.partial.push_str(&text);
-                }
-                self.publish_answer(true, None).await;
-            }
-            Event::Text { text, .. } => {
-                if let Some(turn) = self.turn.as_mut() {
-                    turn.partial.clear();
-                    if !text.trim().is_empty() {
-                        turn.blocks.push(text);
-                    }
-                }
-                self.publish_answer(true, None).await;
-            }
-            Event::ToolUse { name, input, .. } => {
-                let line = render::tool_use(&name, &input);
-                if let Some(turn) = self.turn.as_mut()
-                    && !line.is_empty()
-                {
-                    turn.partial.clear();
-                    turn.blocks.push(line);
-                }
-                self.publish_answer(true, None).await;
-            }
-            Event::ToolResult {
-                content,
-                is_error: true,
-                ..
-            } => {
-                if let Some(turn) = self.turn.as_mut() {
-                    turn.blocks.push(render::tool_error(&content));
+            Event::TextDelta { .. }
+            | Event::Text { .. }
+            | Event::ToolUse { .. }
+            | Event::ToolResult { .. }
+            | Event::TodoUpdate { .. }
+            | Event::Error(_) => {
+                let change = match self.turn.as_mut() {
+                    Some(turn) => turn.transcript.apply(&event),
+                    None => return,
+                };
+                match change {
+                    Change::Answer => self.publish_answer(true, None).await,
+                    Change::Todo(text) => self.show_todo(text).await,
+                    Change::None => {}
                 }
             }
             Event::PermissionRequest(request) => self.ask(request).await,
@@ -319,33 +284,26 @@ impl State {
                     self.refresh_header().await;
                 }
             }
-            Event::TodoUpdate { items } => {
-                let text = render::todo_list(&items);
-                if let Some(live) = self.live.as_mut() {
-                    match &live.todo {
-                        Some(local) => {
-                            let local = local.clone();
-                            let _ = live.replies.update(&local, text, None, false).await;
-                        }
-                        None => {
-                            if let Ok(local) = live.replies.create(text, None).await {
-                                live.todo = Some(local);
-                            }
-                        }
-                    }
-                }
-            }
-            Event::Error(error) => {
-                if let Some(turn) = self.turn.as_mut() {
-                    turn.error = Some(render::agent_error(
-                        &error.kind,
-                        error.api_status,
-                        &error.message,
-                    ));
-                }
-            }
             Event::TurnResult(result) => self.finish_turn(result).await,
             _ => {}
+        }
+    }
+
+    /// The live task list: one post per session, updated in place.
+    async fn show_todo(&mut self, text: String) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        match &live.todo {
+            Some(local) => {
+                let local = local.clone();
+                let _ = live.replies.update(&local, text, None, false).await;
+            }
+            None => {
+                if let Ok(local) = live.replies.create(text, None).await {
+                    live.todo = Some(local);
+                }
+            }
         }
     }
 
@@ -353,10 +311,8 @@ impl State {
         tracing::error!("the agent exited mid-turn");
         let event_id = self.turn.as_ref().map(|t| t.event.event_id.clone());
         self.withdraw_pending(event_id.as_deref()).await;
-        if let Some(turn) = self.turn.as_mut() {
-            turn.error = Some(":warning: Claude Code exited unexpectedly. The session restarts from its last checkpoint on your next message.".into());
-        }
-        self.publish_answer(false, None).await;
+        let died = self.turn.as_ref().map(|t| t.transcript.died_text());
+        self.publish_answer(false, died).await;
         if let Some(turn) = self.turn.take() {
             let _ = self
                 .ctx
@@ -380,30 +336,12 @@ impl State {
             return;
         };
         self.withdraw_pending(Some(&turn.event.event_id)).await;
-        let mut tail = Vec::new();
-        if let Some(by) = &turn.interrupted_by {
-            tail.push(render::interrupted(by));
-        } else if let Some(error) = turn.error.take() {
-            tail.push(error);
-        } else if result.is_error && turn.blocks.is_empty() {
-            tail.push(render::agent_error(
-                result.terminal_reason.as_deref().unwrap_or("error"),
-                result.api_error_status,
-                &result.errors.join("; "),
-            ));
-        }
-        if turn.blocks.is_empty()
-            && tail.is_empty()
-            && let Some(text) = &result.result
-        {
-            turn.blocks.push(text.clone());
-        }
-        tail.push(render::footer(&result));
+        let text = turn.transcript.final_text(&result);
         let number = turn.number;
         let thread = self.thread.to_string();
         let artifacts = self.collect_artifacts(number, turn.before.take()).await;
         self.turn = Some(turn);
-        self.publish_answer(false, Some(tail.join("\n\n"))).await;
+        self.publish_answer(false, Some(text)).await;
         let turn = self.turn.take().expect("put back above");
         if let Some(block) = artifacts
             && let Some(live) = self.live.as_mut()
