@@ -9,6 +9,7 @@ pub mod access;
 pub mod agent;
 pub mod approvals;
 pub mod claim;
+pub mod ctx;
 pub mod fleet;
 pub mod metrics;
 pub mod records;
@@ -16,5 +17,6 @@ pub mod render;
 pub mod replies;
 pub mod runtime;
 pub mod session;
+pub mod transcript;
 
 pub use fleet::Worker;

@@ -318,6 +318,17 @@ pub fn unreadable(retry_s: u64) -> String {
     )
 }
 
+/// An event the session could not handle: after every retry (`gave_up`), or at once.
+pub fn event_failed(reason: &str, gave_up: bool) -> String {
+    if gave_up {
+        format!(
+            ":warning: Claude could not handle this after several tries ({reason}). Please send it again in a moment."
+        )
+    } else {
+        format!(":warning: Claude could not handle this ({reason}).")
+    }
+}
+
 pub fn evicted() -> String {
     ":zzz: This session was put to sleep to make room for a queued thread. Reply in this thread to wake it up where it left off.".to_owned()
 }

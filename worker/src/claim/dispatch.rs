@@ -1,0 +1,154 @@
+//! Dispatch: every worker reads the shared `dispatch` consumer and routes each event —
+//! left to the owner of a leased thread, queued when it starts or resumes a session, or kept
+//! as context — and tells the author their queue position when threads wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use proto::v1::EventBody;
+use proto::{ChatEvent, Message, WorkerId};
+use tokio_util::sync::CancellationToken;
+
+use super::Error;
+use super::heartbeat::fleet_free_slots;
+use super::queue::{enqueue, shared_consumer};
+use super::state::{Route, queue_notice, route};
+use crate::ctx::Ctx;
+use crate::{render, replies};
+
+/// Whether an event may start (or resume) a session.
+pub(crate) fn starts_session(event: &ChatEvent) -> bool {
+    match &event.body {
+        EventBody::Message(m) => m.mentions_bot || m.channel_type == proto::v1::ChannelType::Direct,
+        EventBody::SlashCommand(c) => !matches!(
+            c.text.split_whitespace().next(),
+            Some("status" | "stop" | "cancel" | "help") | None
+        ),
+        _ => false,
+    }
+}
+
+pub(crate) async fn dispatch_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let Some(consumer) =
+        shared_consumer(&ctx.fabric.events, ctx.names.dispatch_consumer(), &stop).await
+    else {
+        return;
+    };
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(err) => {
+            tracing::error!(error = %err, "dispatch stream failed");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => { tracing::warn!(error = %err, "dispatch hiccup"); continue; }
+                None => return,
+            },
+        };
+        let event = match ChatEvent::decode(&message.payload) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::error!(error = %err, "undecodable chat event dropped");
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+                continue;
+            }
+        };
+        let span =
+            tracing::info_span!("dispatch", thread_id = %event.thread, event_id = %event.event_id);
+        common::telemetry::follow(&span, message.headers.as_ref());
+        let result = tracing::Instrument::instrument(dispatch_one(&ctx, &event), span).await;
+        match result {
+            Ok(()) => {
+                let _ = message.ack().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "dispatch failed; will retry");
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+            }
+        }
+    }
+}
+
+pub(crate) async fn dispatch_one(ctx: &Ctx, event: &ChatEvent) -> Result<(), Error> {
+    let lease = ctx
+        .fabric
+        .leases
+        .get(event.thread.as_str())
+        .await
+        .map_err(Error::Lease)?
+        .map(|v| WorkerId::new(String::from_utf8_lossy(&v).into_owned()));
+    let starts = starts_session(event);
+    let has_session = if lease.is_none() && !starts {
+        ctx.records.has_session(event.thread.as_str()).await?
+    } else {
+        false
+    };
+    match route(lease.as_ref(), starts, has_session) {
+        Route::Owned => Ok(()),
+        Route::Ignore => {
+            if let EventBody::SlashCommand(command) = &event.body {
+                // `/claude status` or `stop` in a thread without a session.
+                let verb = command.text.split_whitespace().next().unwrap_or("");
+                replies::notice(
+                    &ctx.fabric.js,
+                    &ctx.names,
+                    &event.thread,
+                    &event.channel,
+                    &event.event_id,
+                    format!("There is no Claude Code session in this thread, so there is nothing to {verb}."),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        Route::Enqueue => {
+            let ack = enqueue(ctx, &event.thread, &format!("queue:{}", event.event_id))
+                .await
+                .map_err(Error::Queue)?;
+            if ack.duplicate {
+                return Ok(());
+            }
+            // Waiting = queued threads not yet delivered to a claimer (a delivered one has
+            // its slot reserved, and the heartbeat already counts it).
+            let waiting = match ctx
+                .fabric
+                .queue
+                .get_consumer::<pull::Config>(&ctx.names.claim_consumer())
+                .await
+            {
+                Ok(mut consumer) => consumer.info().await.map(|i| i.num_pending).unwrap_or(1),
+                Err(_) => 1,
+            };
+            // This worker's own free slots are part of the fleet's (and fresher than its
+            // heartbeat): when they cover the queue, no need to read everyone's.
+            let own = ctx.claimer.lock().expect("claimer lock").free() as u64;
+            let free = if own >= waiting {
+                own
+            } else {
+                fleet_free_slots(ctx).await
+            };
+            tracing::debug!(waiting, free, "thread queued");
+            if let Some(position) = queue_notice(waiting, free) {
+                replies::notice(
+                    &ctx.fabric.js,
+                    &ctx.names,
+                    &event.thread,
+                    &event.channel,
+                    &format!("queued-{}", event.event_id),
+                    render::queued(position),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+    }
+}

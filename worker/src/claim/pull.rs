@@ -1,0 +1,138 @@
+//! Claiming: while it has a free slot, the worker pulls the next queued thread, takes its
+//! lease (create-if-absent) and hands it to the worker loop to start its actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self};
+use futures::StreamExt;
+use proto::{ThreadId, WorkerId};
+use tokio_util::sync::CancellationToken;
+
+use super::heartbeat::beat;
+use super::queue::shared_consumer;
+use super::state::{LeaseResult, OnLease, OnQueued};
+use crate::ctx::Ctx;
+
+pub(crate) struct ThreadAssignment {
+    pub(crate) thread: ThreadId,
+    pub(crate) revision: u64,
+}
+
+pub(crate) async fn claim_loop(
+    ctx: Arc<Ctx>,
+    stop: CancellationToken,
+    spawn: tokio::sync::mpsc::UnboundedSender<ThreadAssignment>,
+) {
+    let Some(consumer) =
+        shared_consumer(&ctx.fabric.queue, ctx.names.claim_consumer(), &stop).await
+    else {
+        return;
+    };
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let wants = ctx.claimer.lock().expect("claimer lock").wants_work();
+        if !wants {
+            // Full: if threads are waiting, ask an idle session of ours to make room.
+            let draining = ctx.claimer.lock().expect("claimer lock").is_draining();
+            if !draining {
+                let mut queue = ctx.fabric.queue.clone();
+                if queue
+                    .info()
+                    .await
+                    .map(|i| i.state.messages > 0)
+                    .unwrap_or(false)
+                {
+                    ctx.evict_idle.notify_one();
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = ctx.slot_freed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(error = %err, "queue fetch failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            next = batch.next() => match next {
+                Some(Ok(message)) => message,
+                _ => continue,
+            },
+        };
+        let Some(thread) = message.subject.rsplit('.').next().map(ThreadId::from) else {
+            let _ = message.ack().await;
+            continue;
+        };
+        let decision = ctx.claimer.lock().expect("claimer lock").on_queued(&thread);
+        match decision {
+            OnQueued::AlreadyOurs => {
+                let _ = message.ack().await;
+            }
+            OnQueued::GiveBack => {
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(200))))
+                    .await;
+            }
+            OnQueued::TryLease => {
+                let (result, revision) = match ctx
+                    .fabric
+                    .leases
+                    .create(thread.as_str(), ctx.id.to_string().into())
+                    .await
+                {
+                    Ok(revision) => (LeaseResult::Acquired, revision),
+                    Err(_) => {
+                        let owner = ctx
+                            .fabric
+                            .leases
+                            .get(thread.as_str())
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|v| WorkerId::new(String::from_utf8_lossy(&v).into_owned()))
+                            .unwrap_or_else(|| WorkerId::new("unknown"));
+                        (LeaseResult::HeldBy(owner), 0)
+                    }
+                };
+                let outcome = ctx
+                    .claimer
+                    .lock()
+                    .expect("claimer lock")
+                    .on_lease(&thread, result);
+                // Free slots are published before the queue item goes, so a dispatcher
+                // never sees a slot that is already taken.
+                beat(&ctx).await;
+                if outcome == OnLease::Start && revision > 0 {
+                    tracing::info!(%thread, "claimed thread");
+                    if spawn
+                        .send(ThreadAssignment {
+                            thread: thread.clone(),
+                            revision,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = message.ack().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Putting a thread on the queue, counting what a thread has not handled, and the
+//! consumers every worker shares.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use proto::ThreadId;
+use proto::names::MSG_ID_HEADER;
+use tokio_util::sync::CancellationToken;
+
+use crate::ctx::Ctx;
+
+/// Puts `thread` on the queue for a worker with a free slot; `dedupe` is its
+/// `Nats-Msg-Id`, so concurrent dispatchers queue it once.
+pub(crate) async fn enqueue(
+    ctx: &Ctx,
+    thread: &ThreadId,
+    dedupe: &str,
+) -> Result<jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, dedupe);
+    common::telemetry::inject(&mut headers);
+    ctx.fabric
+        .js
+        .publish_with_headers(
+            ctx.names.queue_subject(thread),
+            headers,
+            bytes::Bytes::new(),
+        )
+        .await?
+        .await
+}
+
+/// Events of `thread` not handled yet: undelivered, or delivered and unacknowledged.
+pub(crate) async fn pending_events(ctx: &Ctx, thread: &ThreadId) -> u64 {
+    let consumer: Result<jetstream::consumer::Consumer<pull::Config>, _> = ctx
+        .fabric
+        .events
+        .get_consumer(&ctx.names.thread_consumer(thread))
+        .await;
+    match consumer {
+        Ok(mut consumer) => consumer
+            .info()
+            .await
+            .map(|i| i.num_pending + i.num_ack_pending as u64)
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Opens (creating if absent) a consumer shared by all workers, retrying until `stop`.
+pub(crate) async fn shared_consumer(
+    stream: &jetstream::stream::Stream,
+    name: String,
+    stop: &CancellationToken,
+) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+    loop {
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        match stream.get_or_create_consumer(&name, config).await {
+            Ok(consumer) => return Some(consumer),
+            Err(err) => {
+                tracing::warn!(error = %err, consumer = %name, "consumer unavailable; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

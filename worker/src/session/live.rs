@@ -1,0 +1,280 @@
+//! Making the session live on this worker: record, reply sequence, header, agent (restored
+//! from the last checkpoint), and the posts that keep the thread informed.
+
+use object_store::path::Path as ObjectPath;
+use proto::{ChatEvent, LocalRef, SessionId};
+
+use super::*;
+use crate::access::{self};
+use crate::agent::PermissionMode;
+use crate::records::SessionRow;
+use crate::render::{self, Header, Status};
+use crate::replies::Replies;
+use crate::runtime::SessionSpec;
+
+impl State {
+    /// Makes sure the session is live (record, header, agent), resuming from the last
+    /// checkpoint when there is one.
+    pub(super) async fn ensure_live(&mut self, event: &ChatEvent) -> Result<(), Error> {
+        if self.live.as_ref().is_some_and(|l| l.session.is_some()) {
+            return Ok(());
+        }
+        self.attach(event).await?;
+        self.start_agent().await
+    }
+
+    /// Makes the session present on this worker without starting the agent: its record
+    /// (created for a new thread), its reply sequence and its header.
+    pub(super) async fn attach(&mut self, event: &ChatEvent) -> Result<(), Error> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let records = &ctx.records;
+        let thread = self.thread.as_str();
+        let existing = records.session(thread).await?;
+        let previous = existing.as_ref().and_then(|row| {
+            row.owner
+                .clone()
+                .filter(|owner| owner != ctx.id.as_str())
+                .or_else(|| row.status.strip_prefix("orphaned:").map(str::to_owned))
+        });
+        let row = match existing {
+            Some(row) => row,
+            None => {
+                records
+                    .create_session(&SessionRow {
+                        thread_id: thread.to_owned(),
+                        session_id: uuid::Uuid::now_v7().to_string(),
+                        channel_id: event.channel.to_string(),
+                        started_by: event.user.id.to_string(),
+                        started_by_name: event.user.username.clone(),
+                        permission_mode: ctx.config.worker.permission_mode.clone(),
+                        owner: Some(ctx.id.to_string()),
+                        cli_session_id: None,
+                        status: "starting".into(),
+                        turns: 0,
+                        header_ref: None,
+                    })
+                    .await?
+            }
+        };
+        records
+            .set_owner(thread, Some(ctx.id.as_str()), "starting")
+            .await?;
+        self.turns_done = row.turns;
+        let session_id = SessionId::new(row.session_id.clone());
+        let participants = records.participants(thread).await.unwrap_or_default();
+        if self.live.is_none() {
+            let mut replies = Replies::resume(
+                ctx.fabric.js.clone(),
+                &ctx.fabric.replies,
+                &ctx.names,
+                self.thread.clone(),
+                proto::ChannelId::new(row.channel_id.clone()),
+                session_id.clone(),
+            )
+            .await;
+            if let Some(previous) = &previous {
+                let _ = replies
+                    .create(render::takeover(previous, ctx.id.as_str()), None)
+                    .await;
+            }
+            let header = match row.header_ref {
+                Some(seq) => LocalRef {
+                    session: session_id.clone(),
+                    seq: u32::try_from(seq).unwrap_or(0),
+                },
+                None => {
+                    let text = render::header(&Header {
+                        started_by: &row.started_by_name,
+                        participants: &participants,
+                        permission_mode: &row.permission_mode,
+                        worker: ctx.id.as_str(),
+                        status: Status::Starting,
+                    });
+                    let local = replies.create(text, None).await?;
+                    let _ = records.set_header_ref(thread, local.seq as i32).await;
+                    local
+                }
+            };
+            self.live = Some(Live {
+                row: row.clone(),
+                session: None,
+                replies,
+                header,
+                todo: None,
+                status: Status::Starting,
+                participants,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of an attached session.
+    pub(super) async fn start_agent(&mut self) -> Result<(), Error> {
+        let ctx = self.ctx.clone();
+        let records = &ctx.records;
+        let thread = self.thread.as_str();
+        let Some(row) = self.live.as_ref().map(|l| l.row.clone()) else {
+            return Err(Error::NotAttached);
+        };
+        let session_id = SessionId::new(row.session_id.clone());
+        let restore = match records.latest_checkpoint(thread).await? {
+            Some((_, key)) => match ctx
+                .store
+                .objects()
+                .get(&ObjectPath::from(key.as_str()))
+                .await
+            {
+                Ok(object) => Some(object.bytes().await.map_err(Error::Checkpoint)?),
+                Err(err) => {
+                    tracing::warn!(error = %err, "checkpoint unreadable; starting fresh");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut spec = SessionSpec::new(session_id);
+        spec.permission_mode = PermissionMode::parse(&row.permission_mode).unwrap_or_default();
+        spec.resume = if restore.is_some() {
+            row.cli_session_id.clone()
+        } else {
+            None
+        };
+        spec.restore = restore;
+        let session = ctx.runtime.start(spec).await?;
+        self.incarnation = uuid::Uuid::new_v4().to_string();
+        if let Some(live) = self.live.as_mut() {
+            live.session = Some(session);
+        }
+        Ok(())
+    }
+
+    /// Why `event` may not start a new session here (access lists, per-user cap).
+    pub(super) async fn refuse_new_session(&self, event: &ChatEvent) -> Option<String> {
+        if self.row().await.is_some() {
+            return None;
+        }
+        let config = &self.ctx.config.worker;
+        if let Some(refusal) = access::refusal(config, &event.user.username, event.channel.as_str())
+        {
+            return Some(refusal);
+        }
+        let max = config.max_sessions_per_user;
+        if max > 0 {
+            let live = self
+                .ctx
+                .records
+                .live_sessions_of(event.user.id.as_str(), self.thread.as_str())
+                .await
+                .unwrap_or(0);
+            if usize::try_from(live).unwrap_or(usize::MAX) >= max {
+                return Some(render::too_many_sessions(&event.user.username, max));
+            }
+        }
+        None
+    }
+
+    pub(super) async fn set_status(&mut self, status: Status) {
+        let worker = self.ctx.id.clone();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.status == status {
+            return;
+        }
+        live.status = status;
+        let text = render::header(&Header {
+            started_by: &live.row.started_by_name,
+            participants: &live.participants,
+            permission_mode: &live.row.permission_mode,
+            worker: worker.as_str(),
+            status,
+        });
+        let header = live.header.clone();
+        let db = match status {
+            Status::Working | Status::WaitingForApproval => "working",
+            Status::Idle => "idle",
+            _ => "starting",
+        };
+        // The header edit and the record are independent: one wait for both.
+        let _ = tokio::join!(
+            live.replies.update(&header, text, None, false),
+            self.ctx
+                .records
+                .set_status(self.thread.as_str(), worker.as_str(), db),
+        );
+    }
+
+    /// Tells `event`'s author something only they see.
+    pub(super) async fn tell(&mut self, event: &ChatEvent, text: String) {
+        if self.live.is_none() {
+            let _ = self.attach(event).await;
+        }
+        match self.live.as_mut() {
+            Some(live) => {
+                let _ = live.replies.ephemeral(&event.user.id, text).await;
+            }
+            None => self.say(event, text).await,
+        }
+    }
+
+    /// Posts a note in the thread.
+    /// A one-off post about the thread, for when no session is live to post it.
+    pub(super) async fn notice(
+        &self,
+        event: &ChatEvent,
+        text: String,
+    ) -> Result<(), crate::replies::Error> {
+        crate::replies::notice(
+            &self.ctx.fabric.js,
+            &self.ctx.names,
+            &self.thread,
+            &event.channel,
+            &event.event_id,
+            text,
+        )
+        .await
+    }
+
+    pub(super) async fn say(&mut self, event: &ChatEvent, text: String) {
+        match self.live.as_mut() {
+            Some(live) => {
+                let _ = live.replies.create(text, None).await;
+            }
+            None => {
+                let _ = self.notice(event, text).await;
+            }
+        }
+    }
+
+    pub(super) async fn refresh_participants(&mut self) {
+        let participants = self
+            .ctx
+            .records
+            .participants(self.thread.as_str())
+            .await
+            .unwrap_or_default();
+        if let Some(live) = self.live.as_mut() {
+            live.participants = participants;
+        }
+        self.refresh_header().await;
+    }
+
+    pub(super) async fn refresh_header(&mut self) {
+        let worker = self.ctx.id.clone();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let text = render::header(&Header {
+            started_by: &live.row.started_by_name,
+            participants: &live.participants,
+            permission_mode: &live.row.permission_mode,
+            worker: worker.as_str(),
+            status: live.status,
+        });
+        let header = live.header.clone();
+        let _ = live.replies.update(&header, text, None, false).await;
+    }
+}

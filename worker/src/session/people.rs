@@ -1,0 +1,417 @@
+//! People and commands: who may steer the session, guests' held messages, invite/kick,
+//! permissions and status.
+
+use proto::{ChatEvent, LocalRef, SessionId};
+
+use super::*;
+use crate::access::Command;
+use crate::agent::PermissionMode;
+use crate::approvals::{self, Choice, Kind};
+use crate::records::{AnswerAttempt, ApprovalRow};
+use crate::render::{self, Verdict};
+
+impl State {
+    /// Whether the user may steer the session (stop it, tighten its permissions): its
+    /// owner, a participant, or an approver.
+    pub(super) fn may_act(&self, username: &str, user_id: &str) -> bool {
+        match &self.live {
+            Some(live) => {
+                live.row.started_by == user_id
+                    || live.participants.iter().any(|p| p == username)
+                    || self.is_approver(username)
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn is_approver(&self, username: &str) -> bool {
+        self.ctx
+            .config
+            .worker
+            .approvers
+            .iter()
+            .any(|a| a.trim_start_matches('@') == username)
+    }
+
+    pub(super) async fn status(&mut self, event: &ChatEvent) {
+        let usage = self
+            .ctx
+            .records
+            .usage(self.thread.as_str())
+            .await
+            .unwrap_or_default();
+        let text = match &self.live {
+            Some(live) => format!(
+                "**Session** `{}` on worker `{}` — {}.\nTurns: {} · {} in / {} out tokens · ${:.4}",
+                live.row.session_id,
+                self.ctx.id,
+                if self.turn.is_some() {
+                    "working"
+                } else {
+                    "idle"
+                },
+                usage.0,
+                usage.1,
+                usage.2,
+                usage.3
+            ),
+            None => format!("Session on worker `{}`, not started yet.", self.ctx.id),
+        };
+        if let Some(live) = self.live.as_mut() {
+            let _ = live.replies.ephemeral(&event.user.id, text).await;
+        } else {
+            let _ = self.notice(event, text).await;
+        }
+    }
+
+    /// The session owner's user id and name.
+    pub(super) async fn owner(&self) -> Option<(String, String)> {
+        match &self.live {
+            Some(live) => Some((
+                live.row.started_by.clone(),
+                live.row.started_by_name.clone(),
+            )),
+            None => self
+                .row()
+                .await
+                .map(|row| (row.started_by, row.started_by_name)),
+        }
+    }
+
+    pub(super) async fn is_participant(&self, event: &ChatEvent) -> Result<bool, Error> {
+        let (owner, participants) = match &self.live {
+            Some(live) => (live.row.started_by.clone(), live.participants.clone()),
+            None => match self.try_row().await? {
+                Some(row) => (
+                    row.started_by,
+                    self.ctx.records.participants(self.thread.as_str()).await?,
+                ),
+                // No session yet: whoever starts it owns it.
+                None => return Ok(true),
+            },
+        };
+        Ok(owner == event.user.id.as_str()
+            || participants.iter().any(|p| p == &event.user.username))
+    }
+
+    /// A message from someone outside the session: ask the owner before running it.
+    pub(super) async fn hold_guest_message(
+        &mut self,
+        event: &ChatEvent,
+        text: &str,
+    ) -> Result<(), Error> {
+        if self.attach(event).await.is_err() {
+            return Ok(());
+        }
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let owner = live.row.started_by_name.clone();
+        let session_id = live.row.session_id.clone();
+        let approval_id = uuid::Uuid::now_v7().to_string();
+        let input = serde_json::json!({
+            "owner": owner,
+            "username": event.user.username,
+            "user_id": event.user.id.as_str(),
+            "text": text,
+            "event": event,
+        });
+        let (body, buttons) = approvals::prompt(Kind::Guest, "", &input, 0);
+        let props = self.signed_buttons(&approval_id, 0, &buttons);
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let Ok(post) = live.replies.create(body, Some(props)).await else {
+            return Ok(());
+        };
+        let row = ApprovalRow {
+            approval_id,
+            thread_id: self.thread.to_string(),
+            session_id,
+            event_id: event.event_id.clone(),
+            request_id: String::new(),
+            incarnation: String::new(),
+            kind: Kind::Guest.as_str().into(),
+            tool_name: String::new(),
+            input: input.to_string(),
+            fingerprint: String::new(),
+            post_ref: i32::try_from(post.seq).unwrap_or(i32::MAX),
+            status: "pending".into(),
+            progress: None,
+            answer: None,
+            decided_by_name: None,
+            delivered: false,
+            // Held messages do not block a turn (no timeout); a date is still required.
+            expires_at_ms: i64::try_from(common::now_ms()).unwrap_or(0) + 30 * 24 * 3600 * 1000,
+        };
+        if let Err(err) = self.ctx.records.insert_approval(&row).await {
+            tracing::error!(error = %err, "could not record the held message");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn decide_guest(
+        &mut self,
+        event: &ChatEvent,
+        row: &ApprovalRow,
+        input: &serde_json::Value,
+        choice: Choice,
+        via: &str,
+    ) -> Result<(), Error> {
+        let by = event.user.username.clone();
+        let guest = input
+            .get("username")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let (status, verdict) = match choice {
+            Choice::GuestOnce => ("allowed", Verdict::GuestAllowed { by: &by }),
+            Choice::GuestInvite => (
+                "allowed",
+                Verdict::GuestInvited {
+                    by: &by,
+                    guest: &guest,
+                },
+            ),
+            Choice::GuestDeny => ("denied", Verdict::GuestDenied { by: &by }),
+            _ => return Ok(()),
+        };
+        let decided = self
+            .ctx
+            .records
+            .decide_approval(
+                &row.approval_id,
+                status,
+                "{}",
+                event.user.id.as_str(),
+                &by,
+                via,
+            )
+            .await?;
+        let _ = self
+            .ctx
+            .records
+            .record_answer_attempt(&AnswerAttempt {
+                approval_id: &row.approval_id,
+                thread_id: self.thread.as_str(),
+                user_id: event.user.id.as_str(),
+                username: &by,
+                action: &choice.label(),
+                via,
+                outcome: if decided { "accepted" } else { "late" },
+            })
+            .await;
+        if !decided {
+            return Ok(());
+        }
+        let _ = self
+            .ctx
+            .records
+            .mark_approval_delivered(&row.approval_id)
+            .await;
+        let text = render::with_footer(
+            &approvals::body(Kind::Guest, "", input),
+            &render::verdict(&verdict),
+        );
+        let post = LocalRef {
+            session: SessionId::new(row.session_id.clone()),
+            seq: u32::try_from(row.post_ref).unwrap_or(0),
+        };
+        self.update_prompt(&post, text, false).await;
+        if choice == Choice::GuestInvite {
+            let user_id = input
+                .get("user_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let _ = self
+                .ctx
+                .records
+                .add_participant(self.thread.as_str(), &user_id, &guest, "participant")
+                .await;
+            self.refresh_participants().await;
+        }
+        if choice != Choice::GuestDeny
+            && let Some(held) = input
+                .get("event")
+                .cloned()
+                .and_then(|e| serde_json::from_value::<ChatEvent>(e).ok())
+        {
+            let text = input
+                .get("text")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            self.prompts.push_back(Prompt {
+                event: held,
+                message: None,
+                text,
+                retry: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// `/claude invite|kick|permissions|stop|status`, or `/invite` / `/kick` in a message.
+    pub(super) async fn command(
+        &mut self,
+        event: &ChatEvent,
+        command: Command,
+    ) -> Result<(), Error> {
+        match command {
+            Command::Stop => {
+                if self.may_act(&event.user.username, event.user.id.as_str()) {
+                    self.interrupt(&event.user.username).await;
+                }
+            }
+            Command::Status => self.status(event).await,
+            Command::Invite(users) | Command::Kick(users) if users.is_empty() => {
+                self.tell(
+                    event,
+                    "Name someone: `/claude invite @user` or `/claude kick @user`.".into(),
+                )
+                .await;
+            }
+            Command::Invite(users) => {
+                if !self.owner_command(event, "invite people").await {
+                    return Ok(());
+                }
+                for user in &users {
+                    let _ = self
+                        .ctx
+                        .records
+                        .add_participant(
+                            self.thread.as_str(),
+                            &format!("@{user}"),
+                            user,
+                            "participant",
+                        )
+                        .await;
+                }
+                self.refresh_participants().await;
+                for user in users {
+                    self.say(event, render::invited(&event.user.username, &user))
+                        .await;
+                }
+            }
+            Command::Kick(users) => {
+                if !self.owner_command(event, "remove people").await {
+                    return Ok(());
+                }
+                let mut removed = Vec::new();
+                for user in users {
+                    if self
+                        .ctx
+                        .records
+                        .remove_participant(self.thread.as_str(), &user)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        removed.push(user);
+                    }
+                }
+                self.refresh_participants().await;
+                if removed.is_empty() {
+                    self.tell(event, "Nobody to remove: they are not participants.".into())
+                        .await;
+                }
+                for user in removed {
+                    self.say(event, render::kicked(&event.user.username, &user))
+                        .await;
+                }
+            }
+            Command::Permissions(wanted) => self.permissions(event, &wanted).await,
+        }
+        Ok(())
+    }
+
+    /// Attaches the session for a command; false (with a note) when there is none or
+    /// the author is not its owner.
+    pub(super) async fn owner_command(&mut self, event: &ChatEvent, what: &str) -> bool {
+        if self.row().await.is_none() {
+            self.say(
+                event,
+                "There is no Claude Code session in this thread yet.".into(),
+            )
+            .await;
+            self.done = true;
+            return false;
+        }
+        if self.attach(event).await.is_err() {
+            return false;
+        }
+        match self.owner().await {
+            Some((owner_id, _)) if owner_id == event.user.id.as_str() => true,
+            Some((_, owner)) => {
+                self.tell(event, render::owner_only(&owner, what)).await;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `/claude permissions interactive`: from an auto mode down to `default`. Never up.
+    pub(super) async fn permissions(&mut self, event: &ChatEvent, wanted: &str) {
+        if self.row().await.is_none() {
+            self.say(
+                event,
+                "There is no Claude Code session in this thread yet.".into(),
+            )
+            .await;
+            self.done = true;
+            return;
+        }
+        if self.attach(event).await.is_err() {
+            return;
+        }
+        if !self.may_act(&event.user.username, event.user.id.as_str()) {
+            let owner = self.owner().await.map(|o| o.1).unwrap_or_default();
+            self.tell(event, render::owner_only(&owner, "change its permissions"))
+                .await;
+            return;
+        }
+        let current = self
+            .live
+            .as_ref()
+            .map(|l| l.row.permission_mode.clone())
+            .unwrap_or_default();
+        let interactive = matches!(wanted, "interactive" | "default" | "ask");
+        if !interactive {
+            self.tell(event, render::mode_refused(&current, wanted))
+                .await;
+            return;
+        }
+        if !matches!(current.as_str(), "acceptEdits" | "bypassPermissions") {
+            self.tell(event, render::mode_unchanged(&current)).await;
+            return;
+        }
+        if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref())
+            && let Err(err) = session
+                .agent_handle()
+                .set_permission_mode(PermissionMode::Default)
+                .await
+        {
+            tracing::warn!(error = %err, "could not switch the CLI to default mode");
+            self.tell(
+                event,
+                ":warning: Claude Code did not accept the change; try again in a moment.".into(),
+            )
+            .await;
+            return;
+        }
+        let _ = self
+            .ctx
+            .records
+            .set_permission_mode(self.thread.as_str(), PermissionMode::Default.as_str())
+            .await;
+        if let Some(live) = self.live.as_mut() {
+            live.row.permission_mode = PermissionMode::Default.as_str().into();
+        }
+        self.refresh_header().await;
+        self.say(
+            event,
+            render::mode_changed(&event.user.username, &current, "default"),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,386 @@
+//! A turn: the prompt sent to the agent, its streamed output, its end, and a stop.
+
+use std::time::Instant;
+
+use object_store::path::Path as ObjectPath;
+use proto::ChatEvent;
+use proto::v1::EventBody;
+
+use super::*;
+use crate::agent::{Event, PermissionAnswer, TurnResult};
+use crate::approvals::{self};
+use crate::render::{self, Status, Verdict};
+use crate::transcript::{Change, Transcript};
+
+impl State {
+    pub(super) async fn interrupt(&mut self, by: &str) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        turn.transcript.interrupted(by);
+        if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
+            let handle = session.agent_handle();
+            // Deny pending questions first so the CLI is not stuck waiting for them.
+            let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+            for p in pending {
+                let _ = handle
+                    .respond(
+                        &p.request.request_id,
+                        PermissionAnswer::DenyAndInterrupt {
+                            message: format!("Stopped by {by}."),
+                        },
+                    )
+                    .await;
+                let _ = self
+                    .ctx
+                    .records
+                    .close_approval(&p.approval, "interrupted")
+                    .await;
+                let text = render::with_footer(
+                    &approvals::body(p.kind, &p.request.tool_name, &p.request.input),
+                    &render::verdict(&Verdict::Stopped { by }),
+                );
+                self.update_prompt(&p.post, text, false).await;
+            }
+            if let Err(err) = handle.interrupt().await {
+                tracing::warn!(error = %err, "interrupt failed");
+            }
+        }
+    }
+
+    pub(super) async fn start_turn(&mut self, prompt: Prompt) {
+        if self.live.is_none()
+            && let Some(refusal) = self.refuse_new_session(&prompt.event).await
+        {
+            self.fail_prompt(&prompt, &refusal).await;
+            self.done = true;
+            return;
+        }
+        if let Err(err) = self.ensure_live(&prompt.event).await {
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "session could not start"
+            );
+            self.fail_prompt(
+                &prompt,
+                &format!(
+                    ":warning: The session could not start: {}. Reply to try again.",
+                    err.chain()
+                ),
+            )
+            .await;
+            return;
+        }
+        if prompt.retry
+            && let Some(live) = self.live.as_mut()
+        {
+            let _ = live.replies.create(render::retrying_cut_turn(), None).await;
+        }
+        let number = self.turns_done + 1;
+        let records = &self.ctx.records;
+        let (_, context) = tokio::join!(
+            records.start_turn(
+                self.thread.as_str(),
+                number,
+                &prompt.event.event_id,
+                self.ctx.id.as_str(),
+            ),
+            records.pending_context(self.thread.as_str()),
+        );
+        let context = context.unwrap_or_default();
+        let mut text = String::new();
+        if !context.is_empty() {
+            text.push_str("Earlier messages in this thread:\n");
+            for (_, author, body) in &context {
+                text.push_str(&format!("@{author}: {body}\n"));
+            }
+            text.push_str("\nNow, from ");
+            text.push_str(&format!("@{}: ", prompt.event.user.username));
+        }
+        text.push_str(&prompt.text);
+        let attachments = self.attachments(&prompt.event).await;
+        if !attachments.is_empty() {
+            let names: Vec<&str> = attachments.iter().map(|(name, _)| name.as_str()).collect();
+            text.push_str(&format!(
+                "\n\n(Files attached to this message, now in the workspace: {})",
+                names.join(", ")
+            ));
+            if let Some(files) = self
+                .live
+                .as_ref()
+                .and_then(|l| l.session.as_ref())
+                .map(|s| s.files())
+                && let Err(err) = files.import(attachments).await
+            {
+                tracing::warn!(error = %err, "attached files could not be copied into the workspace");
+            }
+        }
+        let live = self.live.as_mut().expect("ensure_live made it live");
+        let session = live
+            .session
+            .as_ref()
+            .expect("ensure_live started the session");
+        let before = session.files().manifest().await.ok();
+        let handle = session.agent_handle();
+        if let Err(err) = handle.send_message(&text).await {
+            self.fail_prompt(
+                &prompt,
+                &format!(":warning: Claude Code did not accept the message: {err}"),
+            )
+            .await;
+            return;
+        }
+        for (event_id, _, _) in context {
+            let _ = self.ctx.records.mark_handled(&event_id, Some(number)).await;
+        }
+        self.turn = Some(Turn {
+            number,
+            event: prompt.event,
+            message: prompt.message,
+            answer: None,
+            transcript: Transcript::new(),
+            started: Instant::now(),
+            before,
+        });
+        self.set_status(Status::Working).await;
+    }
+
+    /// Files attached to the post, as the gateway staged them in the object store
+    /// (`uploads/<thread>/<file id>/<name>`): (workspace path, content).
+    pub(super) async fn attachments(&self, event: &ChatEvent) -> Vec<(String, Vec<u8>)> {
+        let EventBody::Message(message) = &event.body else {
+            return Vec::new();
+        };
+        let mut files = Vec::new();
+        for file_id in &message.file_ids {
+            let prefix = ObjectPath::from(format!("uploads/{}/{}", self.thread, file_id));
+            let listed: Vec<_> = match futures::TryStreamExt::try_collect(
+                self.ctx.store.objects().list(Some(&prefix)),
+            )
+            .await
+            {
+                Ok(listed) => listed,
+                Err(err) => {
+                    tracing::warn!(error = %err, %file_id, "attached file not found");
+                    continue;
+                }
+            };
+            for meta in listed.into_iter().take(1) {
+                let Some(name) = meta.location.filename().map(str::to_owned) else {
+                    continue;
+                };
+                match self.ctx.store.objects().get(&meta.location).await {
+                    Ok(object) => match object.bytes().await {
+                        Ok(bytes) => files.push((name, bytes.to_vec())),
+                        Err(err) => {
+                            tracing::warn!(error = %err, %file_id, "attached file unreadable")
+                        }
+                    },
+                    Err(err) => tracing::warn!(error = %err, %file_id, "attached file unreadable"),
+                }
+            }
+        }
+        files
+    }
+
+    pub(super) async fn fail_prompt(&mut self, prompt: &Prompt, text: &str) {
+        let posted = match self.live.as_mut() {
+            Some(live) => live.replies.create(text.to_owned(), None).await.is_ok(),
+            None => crate::replies::notice(
+                &self.ctx.fabric.js,
+                &self.ctx.names,
+                &self.thread,
+                &prompt.event.channel,
+                &prompt.event.event_id,
+                text.to_owned(),
+            )
+            .await
+            .is_ok(),
+        };
+        if posted {
+            let _ = self
+                .ctx
+                .records
+                .mark_handled(&prompt.event.event_id, None)
+                .await;
+            if let Some(message) = &prompt.message {
+                let _ = message.ack().await;
+            }
+        }
+    }
+
+    /// Publishes the turn's answer post: `text`, or what the transcript shows so far.
+    pub(super) async fn publish_answer(&mut self, streaming: bool, text: Option<String>) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let text = text.unwrap_or_else(|| turn.transcript.text());
+        match &turn.answer {
+            Some(local) => {
+                let _ = live.replies.update(local, text, None, streaming).await;
+            }
+            None => {
+                if let Ok(local) = live.replies.create(text, None).await {
+                    turn.answer = Some(local);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn on_agent_event(&mut self, event: Event) {
+        match event {
+            Event::Init(init) => {
+                if let Some(live) = self.live.as_mut()
+                    && live.row.cli_session_id.as_deref() != Some(init.session_id.as_str())
+                {
+                    live.row.cli_session_id = Some(init.session_id.clone());
+                    let _ = self
+                        .ctx
+                        .records
+                        .set_cli_session(self.thread.as_str(), &init.session_id)
+                        .await;
+                }
+            }
+            Event::TextDelta { .. }
+            | Event::Text { .. }
+            | Event::ToolUse { .. }
+            | Event::ToolResult { .. }
+            | Event::TodoUpdate { .. }
+            | Event::Error(_) => {
+                let change = match self.turn.as_mut() {
+                    Some(turn) => turn.transcript.apply(&event),
+                    None => return,
+                };
+                match change {
+                    Change::Answer => self.publish_answer(true, None).await,
+                    Change::Todo(text) => self.show_todo(text).await,
+                    Change::None => {}
+                }
+            }
+            Event::PermissionRequest(request) => self.ask(request).await,
+            Event::PermissionCancelled { request_id } => {
+                if let Some(p) = self.pending.remove(&request_id) {
+                    self.withdraw(p).await;
+                }
+            }
+            Event::PermissionModeChanged { mode } => {
+                let changed = self
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.row.permission_mode != mode);
+                if changed {
+                    // E.g. an approved plan leaves plan mode.
+                    let _ = self
+                        .ctx
+                        .records
+                        .set_permission_mode(self.thread.as_str(), &mode)
+                        .await;
+                    if let Some(live) = self.live.as_mut() {
+                        live.row.permission_mode = mode;
+                    }
+                    self.refresh_header().await;
+                }
+            }
+            Event::TurnResult(result) => self.finish_turn(result).await,
+            _ => {}
+        }
+    }
+
+    /// The live task list: one post per session, updated in place.
+    async fn show_todo(&mut self, text: String) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        match &live.todo {
+            Some(local) => {
+                let local = local.clone();
+                let _ = live.replies.update(&local, text, None, false).await;
+            }
+            None => {
+                if let Ok(local) = live.replies.create(text, None).await {
+                    live.todo = Some(local);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn agent_died(&mut self) {
+        tracing::error!("the agent exited mid-turn");
+        let event_id = self.turn.as_ref().map(|t| t.event.event_id.clone());
+        self.withdraw_pending(event_id.as_deref()).await;
+        let died = self.turn.as_ref().map(|t| t.transcript.died_text());
+        self.publish_answer(false, died).await;
+        if let Some(turn) = self.turn.take() {
+            let _ = self
+                .ctx
+                .records
+                .mark_handled(&turn.event.event_id, Some(turn.number))
+                .await;
+            if let Some(message) = &turn.message {
+                let _ = message.ack().await;
+            }
+        }
+        if let Some(live) = self.live.as_mut()
+            && let Some(session) = live.session.take()
+        {
+            let _ = session.kill().await;
+        }
+        self.set_status(Status::Idle).await;
+    }
+
+    pub(super) async fn finish_turn(&mut self, result: TurnResult) {
+        let Some(mut turn) = self.turn.take() else {
+            return;
+        };
+        self.withdraw_pending(Some(&turn.event.event_id)).await;
+        let text = turn.transcript.final_text(&result);
+        let number = turn.number;
+        let thread = self.thread.to_string();
+        let artifacts = self.collect_artifacts(number, turn.before.take()).await;
+        self.turn = Some(turn);
+        self.publish_answer(false, Some(text)).await;
+        let turn = self.turn.take().expect("put back above");
+        if let Some(block) = artifacts
+            && let Some(live) = self.live.as_mut()
+        {
+            let _ = live.replies.create(block, None).await;
+        }
+        let usage = result.usage;
+        // The checkpoint and the turn's record are independent; the event counts as handled
+        // only once the checkpoint that holds its turn is stored.
+        let _ = tokio::join!(
+            self.checkpoint(number),
+            self.ctx.records.finish_turn(
+                &thread,
+                number,
+                result.duration_ms as i64,
+                [
+                    usage.input_tokens as i64,
+                    usage.output_tokens as i64,
+                    usage.cache_read_input_tokens as i64,
+                    usage.cache_creation_input_tokens as i64,
+                ],
+                result.cost_usd,
+                result.is_error,
+            ),
+        );
+        let _ = self
+            .ctx
+            .records
+            .mark_handled(&turn.event.event_id, Some(number))
+            .await;
+        if let Some(message) = &turn.message {
+            let _ = message.ack().await;
+        }
+        self.turns_done = number;
+        tracing::info!(
+            turn = number,
+            elapsed_ms = turn.started.elapsed().as_millis() as u64,
+            "turn finished"
+        );
+        self.set_status(Status::Idle).await;
+    }
+}
