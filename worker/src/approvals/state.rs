@@ -331,6 +331,11 @@ pub fn post_of(row: &ApprovalRow) -> LocalRef {
     }
 }
 
+/// The question a row's prompt shows: one past the questions answered so far.
+pub fn step_of(row: &ApprovalRow) -> usize {
+    progress(row).len()
+}
+
 /// The answers so far stored with a row.
 fn progress(row: &ApprovalRow) -> BTreeMap<String, String> {
     row.progress
@@ -621,7 +626,7 @@ impl Approvals {
             ];
         }
         let bound = self.pending.get(&row.approval_id);
-        let current_step = bound.map_or_else(|| progress(row).len(), |p| p.step);
+        let current_step = bound.map_or_else(|| step_of(row), |p| p.step);
         if row.status != "pending" || answer.step.is_some_and(|s| s != current_step) {
             let mut effects = vec![Effect::Audit(attempt(Outcome::Late))];
             if via == "button" {

@@ -21,7 +21,7 @@ mod live;
 mod people;
 mod turn;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,7 @@ use proto::{ChatEvent, LocalRef, Message, ThreadId};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{self};
-use crate::agent::{Event, PermissionRequest};
-use crate::approvals::Kind;
+use crate::agent::Event;
 use crate::ctx::Ctx;
 use crate::records::{Inbound, SessionRow};
 use crate::render::{self, Status};
@@ -88,26 +87,6 @@ struct Turn {
     transcript: crate::transcript::Transcript,
     started: Instant,
     before: Option<crate::runtime::archive::Manifest>,
-}
-
-/// A request of the running CLI waiting for the thread (permission, AskUserQuestion,
-/// plan), bound to its durable approval row.
-struct Pending {
-    approval: String,
-    kind: Kind,
-    request: PermissionRequest,
-    post: LocalRef,
-    expires_at_ms: i64,
-    /// The question shown (AskUserQuestion asks one at a time) and the answers so far.
-    step: usize,
-    answers: BTreeMap<String, String>,
-}
-
-/// How someone answered: the button's action id, or the reaction's emoji.
-#[derive(Debug, Clone, Copy)]
-enum Answer<'a> {
-    Button(&'a str),
-    Reaction(&'a str),
 }
 
 struct Live {
@@ -170,7 +149,8 @@ impl ThreadActor {
             live: None,
             turn: None,
             prompts: VecDeque::new(),
-            pending: HashMap::new(),
+            approvals: approvals::core(&self.thread, &self.ctx),
+            expiry_retry: None,
             turns_done: 0,
             started: Instant::now(),
             live_channel: None,
@@ -200,7 +180,10 @@ struct State {
     live: Option<Live>,
     turn: Option<Turn>,
     prompts: VecDeque<Prompt>,
-    pending: HashMap<String, Pending>,
+    /// What waits for the thread's answer, and what an answer does.
+    approvals: crate::approvals::Approvals,
+    /// When a timeout whose decision could not be stored is tried again.
+    expiry_retry: Option<tokio::time::Instant>,
     turns_done: i32,
     started: Instant,
     live_channel: Option<String>,

@@ -1,14 +1,12 @@
 //! People and commands: who may steer the session, guests' held messages, invite/kick,
 //! permissions and status.
 
-use proto::{ChatEvent, LocalRef, SessionId};
+use proto::ChatEvent;
 
 use super::*;
 use crate::access::Command;
 use crate::agent::PermissionMode;
-use crate::approvals::{self, Choice, Kind};
-use crate::records::{AnswerAttempt, ApprovalRow};
-use crate::render::{self, Verdict};
+use crate::render;
 
 impl State {
     /// Whether the user may steer the session (stop it, tighten its permissions): its
@@ -92,164 +90,6 @@ impl State {
         };
         Ok(owner == event.user.id.as_str()
             || participants.iter().any(|p| p == &event.user.username))
-    }
-
-    /// A message from someone outside the session: ask the owner before running it.
-    pub(super) async fn hold_guest_message(
-        &mut self,
-        event: &ChatEvent,
-        text: &str,
-    ) -> Result<(), Error> {
-        if self.attach(event).await.is_err() {
-            return Ok(());
-        }
-        let Some(live) = self.live.as_ref() else {
-            return Ok(());
-        };
-        let owner = live.row.started_by_name.clone();
-        let session_id = live.row.session_id.clone();
-        let approval_id = uuid::Uuid::now_v7().to_string();
-        let input = serde_json::json!({
-            "owner": owner,
-            "username": event.user.username,
-            "user_id": event.user.id.as_str(),
-            "text": text,
-            "event": event,
-        });
-        let (body, buttons) = approvals::prompt(Kind::Guest, "", &input, 0);
-        let props = self.signed_buttons(&approval_id, 0, &buttons);
-        let Some(live) = self.live.as_mut() else {
-            return Ok(());
-        };
-        let Ok(post) = live.replies.create(body, Some(props)).await else {
-            return Ok(());
-        };
-        let row = ApprovalRow {
-            approval_id,
-            thread_id: self.thread.to_string(),
-            session_id,
-            event_id: event.event_id.clone(),
-            request_id: String::new(),
-            incarnation: String::new(),
-            kind: Kind::Guest.as_str().into(),
-            tool_name: String::new(),
-            input: input.to_string(),
-            fingerprint: String::new(),
-            post_ref: i32::try_from(post.seq).unwrap_or(i32::MAX),
-            status: "pending".into(),
-            progress: None,
-            answer: None,
-            decided_by_name: None,
-            delivered: false,
-            // Held messages do not block a turn (no timeout); a date is still required.
-            expires_at_ms: i64::try_from(common::now_ms()).unwrap_or(0) + 30 * 24 * 3600 * 1000,
-        };
-        if let Err(err) = self.ctx.records.insert_approval(&row).await {
-            tracing::error!(error = %err, "could not record the held message");
-        }
-        Ok(())
-    }
-
-    pub(super) async fn decide_guest(
-        &mut self,
-        event: &ChatEvent,
-        row: &ApprovalRow,
-        input: &serde_json::Value,
-        choice: Choice,
-        via: &str,
-    ) -> Result<(), Error> {
-        let by = event.user.username.clone();
-        let guest = input
-            .get("username")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
-        let (status, verdict) = match choice {
-            Choice::GuestOnce => ("allowed", Verdict::GuestAllowed { by: &by }),
-            Choice::GuestInvite => (
-                "allowed",
-                Verdict::GuestInvited {
-                    by: &by,
-                    guest: &guest,
-                },
-            ),
-            Choice::GuestDeny => ("denied", Verdict::GuestDenied { by: &by }),
-            _ => return Ok(()),
-        };
-        let decided = self
-            .ctx
-            .records
-            .decide_approval(
-                &row.approval_id,
-                status,
-                "{}",
-                event.user.id.as_str(),
-                &by,
-                via,
-            )
-            .await?;
-        let _ = self
-            .ctx
-            .records
-            .record_answer_attempt(&AnswerAttempt {
-                approval_id: &row.approval_id,
-                thread_id: self.thread.as_str(),
-                user_id: event.user.id.as_str(),
-                username: &by,
-                action: &choice.label(),
-                via,
-                outcome: if decided { "accepted" } else { "late" },
-            })
-            .await;
-        if !decided {
-            return Ok(());
-        }
-        let _ = self
-            .ctx
-            .records
-            .mark_approval_delivered(&row.approval_id)
-            .await;
-        let text = render::with_footer(
-            &approvals::body(Kind::Guest, "", input),
-            &render::verdict(&verdict),
-        );
-        let post = LocalRef {
-            session: SessionId::new(row.session_id.clone()),
-            seq: u32::try_from(row.post_ref).unwrap_or(0),
-        };
-        self.update_prompt(&post, text, false).await;
-        if choice == Choice::GuestInvite {
-            let user_id = input
-                .get("user_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned();
-            let _ = self
-                .ctx
-                .records
-                .add_participant(self.thread.as_str(), &user_id, &guest, "participant")
-                .await;
-            self.refresh_participants().await;
-        }
-        if choice != Choice::GuestDeny
-            && let Some(held) = input
-                .get("event")
-                .cloned()
-                .and_then(|e| serde_json::from_value::<ChatEvent>(e).ok())
-        {
-            let text = input
-                .get("text")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned();
-            self.prompts.push_back(Prompt {
-                event: held,
-                message: None,
-                text,
-                retry: false,
-            });
-        }
-        Ok(())
     }
 
     /// `/claude invite|kick|permissions|stop|status`, or `/invite` / `/kick` in a message.

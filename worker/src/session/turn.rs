@@ -7,9 +7,8 @@ use proto::ChatEvent;
 use proto::v1::EventBody;
 
 use super::*;
-use crate::agent::{Event, PermissionAnswer, TurnResult};
-use crate::approvals::{self};
-use crate::render::{self, Status, Verdict};
+use crate::agent::{Event, TurnResult};
+use crate::render::{self, Status};
 use crate::transcript::{Change, Transcript};
 
 impl State {
@@ -18,33 +17,18 @@ impl State {
             return;
         };
         turn.transcript.interrupted(by);
-        if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
-            let handle = session.agent_handle();
-            // Deny pending questions first so the CLI is not stuck waiting for them.
-            let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
-            for p in pending {
-                let _ = handle
-                    .respond(
-                        &p.request.request_id,
-                        PermissionAnswer::DenyAndInterrupt {
-                            message: format!("Stopped by {by}."),
-                        },
-                    )
-                    .await;
-                let _ = self
-                    .ctx
-                    .records
-                    .close_approval(&p.approval, "interrupted")
-                    .await;
-                let text = render::with_footer(
-                    &approvals::body(p.kind, &p.request.tool_name, &p.request.input),
-                    &render::verdict(&Verdict::Stopped { by }),
-                );
-                self.update_prompt(&p.post, text, false).await;
-            }
-            if let Err(err) = handle.interrupt().await {
-                tracing::warn!(error = %err, "interrupt failed");
-            }
+        let Some(handle) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.session.as_ref())
+            .map(|session| session.agent_handle())
+        else {
+            return;
+        };
+        // Deny pending questions first so the CLI is not stuck waiting for them.
+        self.deny_pending(by).await;
+        if let Err(err) = handle.interrupt().await {
+            tracing::warn!(error = %err, "interrupt failed");
         }
     }
 
@@ -262,9 +246,7 @@ impl State {
             }
             Event::PermissionRequest(request) => self.ask(request).await,
             Event::PermissionCancelled { request_id } => {
-                if let Some(p) = self.pending.remove(&request_id) {
-                    self.withdraw(p).await;
-                }
+                self.withdraw(request_id).await;
             }
             Event::PermissionModeChanged { mode } => {
                 let changed = self
