@@ -345,37 +345,36 @@ impl State {
 
     /// The approval whose prompt is Mattermost post `post_id`: a pending request of the
     /// running CLI, or an open row (asked by a CLI that is gone).
-    pub(super) async fn approval_on_post(&self, post_id: &str) -> Option<(String, usize)> {
+    pub(super) async fn approval_on_post(
+        &self,
+        post_id: &str,
+    ) -> Result<Option<(String, usize)>, Error> {
         let posts = &self.ctx.fabric.posts;
         let is_post = |session: &str, seq: u32| {
             let key = format!("ref.{session}.{seq}.0");
             async move {
-                matches!(posts.get(&key).await, Ok(Some(value)) if value.as_ref() == post_id.as_bytes())
+                let value = posts.get(&key).await.map_err(Error::Posts)?;
+                Ok::<_, Error>(value.is_some_and(|v| v.as_ref() == post_id.as_bytes()))
             }
         };
         for p in self.pending.values() {
-            if is_post(p.post.session.as_str(), p.post.seq).await {
-                return Some((p.approval.clone(), p.step));
+            if is_post(p.post.session.as_str(), p.post.seq).await? {
+                return Ok(Some((p.approval.clone(), p.step)));
             }
         }
-        let open = self
-            .ctx
-            .records
-            .open_approvals(self.thread.as_str())
-            .await
-            .unwrap_or_default();
+        let open = self.ctx.records.open_approvals(self.thread.as_str()).await?;
         for row in open {
-            if is_post(&row.session_id, u32::try_from(row.post_ref).unwrap_or(0)).await {
+            if is_post(&row.session_id, u32::try_from(row.post_ref).unwrap_or(0)).await? {
                 let step = row
                     .progress
                     .as_deref()
                     .and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(p).ok())
                     .map(|a| a.len())
                     .unwrap_or(0);
-                return Some((row.approval_id, step));
+                return Ok(Some((row.approval_id, step)));
             }
         }
-        None
+        Ok(None)
     }
 
     pub(super) async fn on_reaction(
@@ -390,7 +389,7 @@ impl State {
             }
             return Ok(());
         }
-        let Some((approval, step)) = self.approval_on_post(post_id).await else {
+        let Some((approval, step)) = self.approval_on_post(post_id).await? else {
             return Ok(());
         };
         self.answer(event, &approval, Answer::Reaction(emoji), Some(step))
