@@ -4,5 +4,6 @@
 
 mod chat;
 mod docker;
+mod entry;
 mod fleet;
 pub mod support;
