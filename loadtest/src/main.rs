@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// a chat client, benchmarks). The product is `ccfleet-gateway` and `ccfleet-worker`; run a
 /// local fleet with `deploy/local/fleet`.
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version, about)]
+#[command(name = "loadtest", version)]
 struct Args {
     #[command(flatten)]
     config: common::cli::ConfigArgs,
