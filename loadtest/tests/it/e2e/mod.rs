@@ -5,5 +5,6 @@
 mod chat;
 mod failures;
 mod docker;
+mod entry;
 mod fleet;
 pub mod support;
