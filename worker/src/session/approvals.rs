@@ -362,7 +362,11 @@ impl State {
                 return Ok(Some((p.approval.clone(), p.step)));
             }
         }
-        let open = self.ctx.records.open_approvals(self.thread.as_str()).await?;
+        let open = self
+            .ctx
+            .records
+            .open_approvals(self.thread.as_str())
+            .await?;
         for row in open {
             if is_post(&row.session_id, u32::try_from(row.post_ref).unwrap_or(0)).await? {
                 let step = row

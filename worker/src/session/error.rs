@@ -38,9 +38,7 @@ impl Error {
             Error::Undecodable(_) | Error::NotAttached => false,
             Error::Records(err) => err.is_retryable(),
             Error::Replies(err) => err.is_retryable(),
-            Error::Runtime(_) | Error::Checkpoint(_) | Error::Consumer(_) | Error::Posts(_) => {
-                true
-            }
+            Error::Runtime(_) | Error::Checkpoint(_) | Error::Consumer(_) | Error::Posts(_) => true,
         }
     }
 

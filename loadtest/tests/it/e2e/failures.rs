@@ -96,11 +96,16 @@ async fn a_click_that_keeps_failing_ends_with_a_notice_and_the_request_stays_ans
         &root.id,
         Duration::from_secs(150),
         "a failure notice",
-        |p| p.message.contains("could not handle this after several tries"),
+        |p| {
+            p.message
+                .contains("could not handle this after several tries")
+        },
     )
     .await;
     assert!(
-        notice.message.contains("record could not be read or written"),
+        notice
+            .message
+            .contains("record could not be read or written"),
         "{}",
         notice.message
     );

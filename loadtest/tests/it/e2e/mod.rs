@@ -3,8 +3,8 @@
 //! model and the simulator — acting as users through the simulator's public API.
 
 mod chat;
-mod failures;
 mod docker;
 mod entry;
+mod failures;
 mod fleet;
 pub mod support;
