@@ -1,7 +1,7 @@
 //! Egress: applies workers' reply operations to Mattermost.
 //!
 //! One gateway replica at a time is the *egress leader* (a lease in the leases bucket,
-//! renewed every third of its TTL); the others stand by and take over when the lease
+//! kept by [`common::lease::keep`]); the others stand by and take over when the lease
 //! lapses. The leader pulls the shared durable consumer of the replies stream, orders each
 //! session's operations by `seq` (a reorder buffer absorbs redeliveries after a failover),
 //! feeds each thread's [`queue::ThreadQueue`] (coalescing, intervals), and applies them
