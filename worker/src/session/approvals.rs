@@ -351,7 +351,13 @@ impl State {
     ) -> Result<Option<(String, usize)>, Error> {
         let posts = &self.ctx.fabric.posts;
         let is_post = |session: &str, seq: u32| {
-            let key = format!("ref.{session}.{seq}.0");
+            let key = proto::names::post_ref_key(
+                &LocalRef {
+                    session: SessionId::new(session),
+                    seq,
+                },
+                0,
+            );
             async move {
                 let value = posts.get(&key).await.map_err(Error::Posts)?;
                 Ok::<_, Error>(value.is_some_and(|v| v.as_ref() == post_id.as_bytes()))
@@ -387,7 +393,7 @@ impl State {
         post_id: &str,
         emoji: &str,
     ) -> Result<(), Error> {
-        if is_stop_emoji(emoji) {
+        if proto::commands::stops_turn(emoji) {
             if self.may_act(&event.user.username, event.user.id.as_str()) {
                 self.interrupt(&event.user.username).await;
             }
