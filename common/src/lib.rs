@@ -2,11 +2,12 @@
 //! NATS JetStream, PostgreSQL and the object store.
 //!
 //! Invariant: no business logic lives here. This crate knows how to connect, create
-//! streams, run migrations and carry trace context; what the fleet does with them lives
-//! in `gateway` and `worker`.
+//! streams, run migrations, keep leases and carry trace context; what the fleet does with
+//! them lives in `gateway` and `worker`.
 
 pub mod cli;
 pub mod config;
+pub mod lease;
 pub mod nats;
 pub mod pg;
 pub mod signals;

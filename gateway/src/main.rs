@@ -3,7 +3,14 @@
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// ccfleet gateway: Mattermost ingress and egress, artifact links.
+/// ccfleet's gateway: Claude Code sessions in Mattermost threads, Mattermost side.
+///
+/// Receives Mattermost events (WebSocket, outgoing webhook, `/claude` slash command,
+/// buttons) and hands them to the workers through NATS JetStream; posts the workers'
+/// replies within Mattermost's rate budget; serves signed links to the files sessions
+/// made, and `/healthz`, `/readyz`, `/metrics`. Stateless: run as many as you like.
+/// Configuration: built-in defaults, then `--config FILE`, then `CCFLEET__SECTION__KEY`
+/// variables, then `--set` (every key: deploy/ccfleet.example.toml).
 #[derive(Debug, Parser)]
 #[command(name = "ccfleet-gateway", version, about)]
 struct Args {

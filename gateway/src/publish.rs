@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream;
-use proto::names::{MSG_ID_HEADER, Names};
-use proto::{ChatEvent, Message, ThreadId};
+use proto::names::{self, MSG_ID_HEADER, Names};
+use proto::{ChatEvent, Message, PostId, ThreadId};
 
 use crate::metrics::Metrics;
 
@@ -124,21 +124,31 @@ impl Publisher {
 
     /// Remembers that the bot takes part in `thread`, so later replies in it are forwarded.
     pub async fn join_thread(&self, thread: &ThreadId) {
-        if let Err(err) = self.posts.put(format!("thread.{thread}"), "1".into()).await {
+        if let Err(err) = self
+            .posts
+            .put(names::joined_thread_key(thread), "1".into())
+            .await
+        {
             tracing::warn!(error = %err, %thread, "could not record the thread as joined");
         }
     }
 
     pub async fn in_thread(&self, thread: &str) -> bool {
         matches!(
-            self.posts.get(format!("thread.{thread}")).await,
+            self.posts
+                .get(names::joined_thread_key(&ThreadId::from(thread)))
+                .await,
             Ok(Some(_))
         )
     }
 
     /// The thread a post of the bot's belongs to, if the bot wrote it.
     pub async fn thread_of_post(&self, post_id: &str) -> Option<ThreadId> {
-        match self.posts.get(format!("post.{post_id}")).await {
+        match self
+            .posts
+            .get(names::post_thread_key(&PostId::from(post_id)))
+            .await
+        {
             Ok(Some(bytes)) => std::str::from_utf8(&bytes).ok().map(ThreadId::from),
             _ => None,
         }

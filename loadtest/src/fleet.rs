@@ -1,7 +1,7 @@
 //! A complete fleet in one process: the Mattermost simulator (seeded like a first-time
 //! admin would), the fake model API, a gateway and N workers, wired to the real NATS,
-//! PostgreSQL and S3 named in the configuration. Used by the end-to-end tests, the
-//! benchmarks and `loadtest fleet` (the local main job).
+//! PostgreSQL and S3 named in the configuration. The end-to-end tests' and the benchmarks'
+//! harness; the local main job (`deploy/local/fleet`) runs the product's binaries instead.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -128,7 +128,7 @@ pub fn find_claude_bin() -> Option<String> {
 }
 
 /// The address containers reach the host on (the docker bridge's gateway).
-async fn docker_host_ip() -> Result<IpAddr, Error> {
+pub async fn docker_host_ip() -> Result<IpAddr, Error> {
     let docker = bollard::Docker::connect_with_local_defaults().map_err(Error::Docker)?;
     let network = docker
         .inspect_network(

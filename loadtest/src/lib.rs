@@ -3,7 +3,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod doubles;
 pub mod fake_model;
 pub mod fleet;
-pub mod fleet_cmd;
 pub mod mmsim;

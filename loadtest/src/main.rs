@@ -1,10 +1,14 @@
-//! `loadtest`: the Mattermost simulator, the fake model API, the chat client and benchmarks.
+//! `loadtest`: ccfleet's load generator and test doubles — the Mattermost simulator, the
+//! fake model API, the chat client and benchmarks. The product itself is `ccfleet-gateway`
+//! and `ccfleet-worker`.
 
 use clap::{Parser, Subcommand};
 
-/// ccfleet's load generator and test doubles.
+/// ccfleet's load generator and test doubles (the Mattermost simulator, the fake model API,
+/// a chat client, benchmarks). The product is `ccfleet-gateway` and `ccfleet-worker`; run a
+/// local fleet with `deploy/local/fleet`.
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version, about)]
+#[command(name = "loadtest", version)]
 struct Args {
     #[command(flatten)]
     config: common::cli::ConfigArgs,
@@ -22,11 +26,14 @@ enum Command {
     MmsimBench(loadtest::mmsim::bench::BenchArgs),
     /// Run the scripted fake Anthropic Messages API.
     FakeModel(loadtest::fake_model::CliArgs),
-    /// Run a complete local fleet (the simulator and fake model when nothing real is configured).
-    Fleet(loadtest::fleet_cmd::FleetArgs),
+    /// Start the doubles a local fleet's configuration leaves out (the simulator when no
+    /// mattermost.url, the fake model when no model API) and write the settings that point
+    /// the fleet at them; used by deploy/local/fleet.
+    Doubles(loadtest::doubles::DoublesArgs),
     /// Talk to the fleet as a Mattermost user and watch the replies stream in.
     Chat(loadtest::chat::ChatArgs),
-    /// Measure what the fleet costs (ingest, overhead, latency); prints one JSON line.
+    /// Measure what the fleet costs (ingest, overhead, latency, startup, scale); prints
+    /// one JSON line.
     Bench(loadtest::bench::BenchArgs),
 }
 
@@ -38,11 +45,11 @@ fn main() -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
-        Command::Mmsim(args) => loadtest::mmsim::cli_main(args, config),
-        Command::MmsimBench(args) => loadtest::mmsim::bench::cli_main(args),
-        Command::FakeModel(args) => loadtest::fake_model::cli_main(args, config),
-        Command::Fleet(args) => loadtest::fleet_cmd::cli_main(args, config),
-        Command::Chat(args) => loadtest::chat::cli_main(args),
-        Command::Bench(args) => loadtest::bench::cli_main(args, config),
+        Command::Mmsim(command) => loadtest::mmsim::cli_main(command, config),
+        Command::MmsimBench(command) => loadtest::mmsim::bench::cli_main(command),
+        Command::FakeModel(command) => loadtest::fake_model::cli_main(command, config),
+        Command::Doubles(command) => loadtest::doubles::cli_main(command, &args.config),
+        Command::Chat(command) => loadtest::chat::cli_main(command),
+        Command::Bench(command) => loadtest::bench::cli_main(command, config),
     }
 }

@@ -8,8 +8,11 @@
 //! rolling upgrades.
 //!
 //! Invariants: this crate does no I/O and knows nothing of tokio; every subject, stream,
-//! consumer and bucket name is defined here, in [`names`], and nowhere else.
+//! consumer and bucket name (and every key of the posts bucket) is defined here, in
+//! [`names`], and nowhere else; so are the `/claude` verbs and the reactions that act, in
+//! [`commands`].
 
+pub mod commands;
 pub mod envelope;
 pub mod ids;
 pub mod names;

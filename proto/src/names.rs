@@ -3,8 +3,13 @@
 //! Names hang off a prefix so that several fleets (or several tests) can share one NATS
 //! server without seeing each other. Subject tokens are Mattermost ids (lowercase
 //! alphanumerics), which are valid subject tokens as they are.
+//!
+//! The keys inside the posts bucket are a contract too (the gateway writes them, the
+//! worker reads some back, and a running fleet's bucket holds them across upgrades), so
+//! they are built here: [`joined_thread_key`], [`post_thread_key`], [`post_ref_key`],
+//! [`applied_seq_key`].
 
-use crate::ids::{ThreadId, WorkerId};
+use crate::ids::{LocalRef, PostId, SessionId, ThreadId, WorkerId};
 
 /// The default prefix of a production fleet.
 pub const DEFAULT_PREFIX: &str = "ccfleet";
@@ -147,6 +152,29 @@ impl Names {
     }
 }
 
+/// Posts-bucket key marking a thread the bot takes part in (value `1`), so later replies
+/// in it are forwarded.
+pub fn joined_thread_key(thread: &ThreadId) -> String {
+    format!("thread.{thread}")
+}
+
+/// Posts-bucket key of a post the bot wrote; the value is its thread's id.
+pub fn post_thread_key(post: &PostId) -> String {
+    format!("post.{post}")
+}
+
+/// Posts-bucket key of a local post reference; the value is the Mattermost post id.
+/// `part` counts continuation posts of a split message; part 0 is the post itself (the
+/// one buttons and reactions sit on).
+pub fn post_ref_key(local: &LocalRef, part: usize) -> String {
+    format!("ref.{}.{}.{part}", local.session, local.seq)
+}
+
+/// Posts-bucket key of a session's last applied reply `seq` (decimal text).
+pub fn applied_seq_key(session: &SessionId) -> String {
+    format!("applied.{session}")
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -155,7 +183,68 @@ fn is_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// What NATS KV accepts as a key (`nats-server` `validKeyRe`, without the leading or
+    /// trailing `.` it also refuses).
+    fn is_kv_key(key: &str) -> bool {
+        !key.is_empty()
+            && !key.starts_with('.')
+            && !key.ends_with('.')
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+    }
+
+    #[test]
+    fn posts_keys_keep_their_released_shape() {
+        // Live buckets hold these keys: changing one strands what a fleet already wrote.
+        let local = LocalRef {
+            session: SessionId::from("s1"),
+            seq: 7,
+        };
+        assert_eq!(joined_thread_key(&ThreadId::from("abc")), "thread.abc");
+        assert_eq!(post_thread_key(&PostId::from("p1")), "post.p1");
+        assert_eq!(post_ref_key(&local, 0), "ref.s1.7.0");
+        assert_eq!(post_ref_key(&local, 2), "ref.s1.7.2");
+        assert_eq!(applied_seq_key(&SessionId::from("s1")), "applied.s1");
+    }
+
+    proptest! {
+        #[test]
+        fn posts_keys_are_valid_and_never_collide(
+            a in "[a-z0-9]{1,26}",
+            b in "[a-z0-9]{1,26}",
+            seq in any::<u32>(),
+            part in 0usize..16,
+        ) {
+            let local = LocalRef { session: SessionId::new(a.clone()), seq };
+            let keys = [
+                joined_thread_key(&ThreadId::new(a.clone())),
+                post_thread_key(&PostId::new(a.clone())),
+                post_ref_key(&local, part),
+                applied_seq_key(&SessionId::new(a.clone())),
+            ];
+            for key in &keys {
+                prop_assert!(is_kv_key(key), "{key}");
+            }
+            // Kinds never share a key, even for the same id.
+            for (i, x) in keys.iter().enumerate() {
+                for y in &keys[i + 1..] {
+                    prop_assert_ne!(x, y);
+                }
+            }
+            // Within a kind, different ids give different keys.
+            prop_assert_eq!(
+                joined_thread_key(&ThreadId::new(a.clone())) == joined_thread_key(&ThreadId::new(b.clone())),
+                a == b
+            );
+            let other = LocalRef { session: SessionId::new(b.clone()), seq };
+            prop_assert_eq!(post_ref_key(&local, part) == post_ref_key(&other, part), a == b);
+        }
+    }
 
     #[test]
     fn names_hang_off_the_prefix() {

@@ -1,6 +1,7 @@
 //! Who may use Claude, and the session commands people type in a thread. Sans-IO.
 
 use common::config::WorkerConfig;
+use proto::commands::{self, Action};
 
 use crate::render;
 
@@ -40,22 +41,30 @@ fn usernames(rest: &str) -> Vec<String> {
         .collect()
 }
 
-/// The command in a slash command's text (`stop`, `invite @bob`, …).
+/// The command in a slash command's text (`stop`, `invite @bob`, …); verbs and their
+/// aliases come from [`proto::commands::VERBS`].
 pub fn parse_slash(text: &str) -> Option<Command> {
-    let text = text.trim();
-    let (verb, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-    Some(match verb {
-        "stop" | "cancel" => Command::Stop,
-        "status" => Command::Status,
-        "invite" => Command::Invite(usernames(rest)),
-        "kick" | "remove" => Command::Kick(usernames(rest)),
-        "permissions" | "mode" => Command::Permissions(rest.trim().to_owned()),
-        _ => return None,
-    })
+    parse(text).map(|(command, _)| command)
 }
 
-/// The command in a thread message, which must start with `/invite` or `/kick`
-/// (optionally after mentioning the bot).
+fn parse(text: &str) -> Option<(Command, &'static commands::Verb)> {
+    let text = text.trim();
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let verb = commands::verb(word)?;
+    let command = match verb.action {
+        Action::Stop => Command::Stop,
+        Action::Status => Command::Status,
+        Action::Invite => Command::Invite(usernames(rest)),
+        Action::Kick => Command::Kick(usernames(rest)),
+        Action::Permissions => Command::Permissions(rest.trim().to_owned()),
+        // The gateway answers it; a worker never sees it.
+        Action::Help => return None,
+    };
+    Some((command, verb))
+}
+
+/// The command in a thread message, which must start with `/<verb>` for a verb that works
+/// as a message (`/invite`, `/kick`), optionally after mentioning the bot.
 pub fn parse_message(text: &str, bot_mention: bool) -> Option<Command> {
     let mut text = text.trim_start();
     if bot_mention && text.starts_with('@') {
@@ -65,10 +74,9 @@ pub fn parse_message(text: &str, bot_mention: bool) -> Option<Command> {
             .unwrap_or("");
     }
     let rest = text.strip_prefix('/')?;
-    match parse_slash(rest)? {
-        command @ (Command::Invite(_) | Command::Kick(_)) => Some(command),
-        _ => None,
-    }
+    parse(rest)
+        .filter(|(_, verb)| verb.as_message)
+        .map(|(command, _)| command)
 }
 
 #[cfg(test)]
@@ -100,6 +108,55 @@ mod tests {
         );
         assert_eq!(parse_message("/stop", false), None);
         assert_eq!(parse_message("please /invite @bob", false), None);
+    }
+
+    #[test]
+    fn every_verb_but_help_parses_by_name_and_alias() {
+        for verb in commands::VERBS {
+            for word in std::iter::once(&verb.name).chain(verb.aliases) {
+                let parsed = parse_slash(&format!("{word} @bob"));
+                assert_eq!(parsed.is_some(), verb.action != Action::Help, "{word}");
+                assert_eq!(
+                    parse_message(&format!("/{word} @bob"), false).is_some(),
+                    verb.as_message,
+                    "/{word} as a message"
+                );
+            }
+        }
+        assert_eq!(parse_slash("remove @bob"), parse_slash("kick @bob"));
+        assert_eq!(parse_slash("cancel"), Some(Command::Stop));
+    }
+
+    /// The reaction table the help shows is the one approvals decide by.
+    #[test]
+    fn approval_reactions_follow_the_shared_table() {
+        use crate::approvals::{Choice, Kind};
+        use commands::{Effect, Target};
+        for (kind, target) in [
+            (Kind::Tool, Target::ToolRequest),
+            (Kind::Plan, Target::Plan),
+            (Kind::Question, Target::Question),
+        ] {
+            for reaction in commands::REACTIONS {
+                for emoji in reaction.emojis {
+                    let expected = match commands::reaction(emoji, target) {
+                        Some(Effect::Allow) => Some(Choice::Allow),
+                        Some(Effect::AllowAlways) => Some(Choice::AllowAlways),
+                        Some(Effect::Deny) => Some(Choice::Deny),
+                        Some(Effect::Option(n)) => Some(Choice::Option(usize::from(n))),
+                        // Stopping is the session's, before any approval is looked up.
+                        Some(Effect::Stop) | None => None,
+                    };
+                    assert_eq!(
+                        Choice::from_reaction(kind, emoji),
+                        expected,
+                        ":{emoji}: on {target:?}"
+                    );
+                    // Held guest messages are answered with buttons only.
+                    assert_eq!(Choice::from_reaction(Kind::Guest, emoji), None);
+                }
+            }
+        }
     }
 
     #[test]

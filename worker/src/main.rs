@@ -3,7 +3,14 @@
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// ccfleet worker: runs Claude Code sessions for Mattermost threads.
+/// ccfleet's worker: runs the Claude Code sessions of Mattermost threads.
+///
+/// Claims threads from NATS JetStream, runs one Claude Code CLI per session in its own
+/// container (or process), streams its output back as replies, asks for approvals, and
+/// keeps checkpoints and files in the object store and the record in PostgreSQL. Run
+/// several: a thread whose worker stops is taken over by another. Configuration: built-in
+/// defaults, then `--config FILE`, then `CCFLEET__SECTION__KEY` variables, then `--set`
+/// (every key: deploy/ccfleet.example.toml).
 #[derive(Debug, Parser)]
 #[command(name = "ccfleet-worker", version, about)]
 struct Args {

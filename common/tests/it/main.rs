@@ -2,6 +2,7 @@
 //! (`deploy/local/services up`).
 
 mod config;
+mod lease;
 mod nats;
 mod pg;
 mod store;

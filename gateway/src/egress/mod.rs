@@ -1,7 +1,7 @@
 //! Egress: applies workers' reply operations to Mattermost.
 //!
 //! One gateway replica at a time is the *egress leader* (a lease in the leases bucket,
-//! renewed every third of its TTL); the others stand by and take over when the lease
+//! kept by [`common::lease::keep`]); the others stand by and take over when the lease
 //! lapses. The leader pulls the shared durable consumer of the replies stream, orders each
 //! session's operations by `seq` (a reorder buffer absorbs redeliveries after a failover),
 //! feeds each thread's [`queue::ThreadQueue`] (coalescing, intervals), and applies them
@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv};
+use common::lease;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use proto::names::Names;
+use proto::names::{self, Names};
 use proto::v1::{Op, PostTarget, ReplyOp};
-use proto::{LocalRef, Message, SessionId, ThreadId};
+use proto::{LocalRef, Message, PostId, SessionId, ThreadId};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -132,34 +133,32 @@ impl Egress {
 
     async fn lead(&self, revision: u64, shutdown: CancellationToken) -> Result<(), Error> {
         let leading = shutdown.child_token();
-        let mut tasks = JoinSet::new();
-        {
-            let leases = self.leases.clone();
-            let key = self.names.egress_leader_key();
-            let replica = self.replica.clone();
-            let leading = leading.clone();
-            let every = (self.lease_ttl / 3).max(Duration::from_millis(100));
-            tasks.spawn(async move {
-                let mut revision = revision;
-                loop {
-                    tokio::select! {
-                        () = leading.cancelled() => return,
-                        () = tokio::time::sleep(every) => {}
-                    }
-                    match leases.update(key, replica.clone().into(), revision).await {
-                        Ok(next) => revision = next,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "egress lease lost");
-                            leading.cancel();
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-        let result = self.consume(leading.clone(), &mut tasks).await;
-        leading.cancel();
-        while tasks.join_next().await.is_some() {}
+        // Kept in this task, beside the work it guards: a refused renewal cancels
+        // `leading`, which ends the consumer and every thread task; the end of leading
+        // (shutdown, an error) stops the renewals.
+        let keeper = async {
+            let kept = lease::keep(
+                &self.leases,
+                self.names.egress_leader_key(),
+                self.replica.clone().into(),
+                revision,
+                lease::renew_every(self.lease_ttl),
+                &leading,
+                &leading,
+            )
+            .await;
+            if let Err(err) = kept {
+                tracing::warn!(error = &err as &dyn std::error::Error, "egress lease lost");
+            }
+        };
+        let work = async {
+            let mut tasks = JoinSet::new();
+            let result = self.consume(leading.clone(), &mut tasks).await;
+            leading.cancel();
+            while tasks.join_next().await.is_some() {}
+            result
+        };
+        let ((), result) = tokio::join!(keeper, work);
         result
     }
 
@@ -348,7 +347,7 @@ impl Egress {
     }
 
     async fn applied_seq(&self, session: &SessionId) -> u64 {
-        match self.posts.get(format!("applied.{session}")).await {
+        match self.posts.get(names::applied_seq_key(session)).await {
             Ok(Some(bytes)) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -361,7 +360,7 @@ impl Egress {
     /// acknowledged is never redelivered, and a redelivered create finds its reference.
     async fn record_applied(&self, unrecorded: &mut HashMap<SessionId, u64>) {
         let writes = unrecorded.drain().map(|(session, seq)| async move {
-            let key = format!("applied.{session}");
+            let key = names::applied_seq_key(&session);
             if let Err(err) = self.posts.put(key, seq.to_string().into()).await {
                 tracing::warn!(error = %err, "could not record the applied sequence");
             }
@@ -495,7 +494,12 @@ impl Egress {
                 message,
                 files,
             } => {
-                if !fresh && self.lookup(known, &ref_key(local, 0)).await.is_some() {
+                if !fresh
+                    && self
+                        .lookup(known, &names::post_ref_key(local, 0))
+                        .await
+                        .is_some()
+                {
                     return Ok(());
                 }
                 let store = self.store.as_ref();
@@ -561,7 +565,7 @@ impl Egress {
     ) -> Result<(), ApplyError> {
         let chunks = split_message(message, MAX_POST_CHARS);
         for (part, chunk) in chunks.iter().enumerate() {
-            let key = ref_key(local, part);
+            let key = names::post_ref_key(local, part);
             // A fresh create has no post yet; anything else may (a redelivery, an update).
             let existing = if create && fresh {
                 None
@@ -625,8 +629,10 @@ impl Egress {
         // Both writes are retried by the next redelivery's lookup if they fail; log once.
         let (by_ref, by_post) = tokio::join!(
             self.posts.put(&key, post_id.to_owned().into()),
-            self.posts
-                .put(format!("post.{post_id}"), thread.to_string().into()),
+            self.posts.put(
+                names::post_thread_key(&PostId::from(post_id)),
+                thread.to_string().into()
+            ),
         );
         if let Err(err) = by_ref.and(by_post) {
             tracing::warn!(error = %err, key, "could not record post reference");
@@ -638,7 +644,7 @@ impl Egress {
         match target {
             PostTarget::Mattermost(id) => Ok(id.to_string()),
             PostTarget::Local(local) => self
-                .lookup(known, &ref_key(local, 0))
+                .lookup(known, &names::post_ref_key(local, 0))
                 .await
                 .ok_or_else(|| ApplyError::UnknownPost(local.clone())),
         }
@@ -730,10 +736,6 @@ impl std::fmt::Debug for Delivery {
             .field("seq", &self.op.seq)
             .finish_non_exhaustive()
     }
-}
-
-fn ref_key(local: &LocalRef, part: usize) -> String {
-    format!("ref.{}.{}.{part}", local.session, local.seq)
 }
 
 fn parse_props(json: Option<&str>) -> Option<Value> {

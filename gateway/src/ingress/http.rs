@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use common::signing::ActionClaims;
+use proto::commands;
 use proto::v1::{
     ButtonAction, DialogSubmission, EventBody, MessagePosted, SlashCommand, Source, User,
 };
@@ -151,14 +152,6 @@ pub struct SlashRequest {
     response_url: String,
 }
 
-pub const HELP: &str = "\
-**Claude Code in Mattermost**
-- Mention the bot (or `/claude <prompt>`) to start a session; the thread becomes the session.
-- Reply in the thread to continue; mention someone else first to talk past the bot.
-- `/claude status` in a thread: session, worker, queue position and usage.
-- `/claude stop` in a thread (or react with :x: or :octagonal_sign:): stop the current turn; the session stays resumable.
-- `/claude help`: this message.";
-
 fn ephemeral(text: impl Into<String>) -> Response {
     Json(json!({ "response_type": "ephemeral", "text": text.into() })).into_response()
 }
@@ -178,14 +171,15 @@ pub async fn slash_command(
         return Err(Error::Unauthorized);
     }
     let text = request.text.trim();
-    let verb = text.split_whitespace().next().unwrap_or("");
-    if verb.is_empty() || verb == "help" {
-        return Ok(ephemeral(HELP));
+    let word = text.split_whitespace().next().unwrap_or("");
+    let verb = commands::verb(word);
+    if word.is_empty() || verb.is_some_and(|v| v.action == commands::Action::Help) {
+        return Ok(ephemeral(commands::help()));
     }
     let in_thread = !request.root_id.is_empty();
-    if matches!(verb, "status" | "stop" | "cancel") && !in_thread {
+    if verb.is_some_and(|v| v.in_thread) && !in_thread {
         return Ok(ephemeral(format!(
-            "`/claude {verb}` works inside a session's thread: open the thread and run it there."
+            "`/claude {word}` works inside a session's thread: open the thread and run it there."
         )));
     }
     let thread = if in_thread {
@@ -225,9 +219,9 @@ pub async fn slash_command(
         .publish(&event, "slash")
         .await
         .map_err(Error::Publish)?;
-    Ok(ephemeral(match verb {
-        "status" => "Looking up the session…".to_owned(),
-        "stop" | "cancel" => "Stopping the current turn…".to_owned(),
+    Ok(ephemeral(match verb.map(|v| v.action) {
+        Some(commands::Action::Status) => "Looking up the session…".to_owned(),
+        Some(commands::Action::Stop) => "Stopping the current turn…".to_owned(),
         _ if in_thread => "Sent to the session.".to_owned(),
         _ => "Started a Claude Code session in a new thread.".to_owned(),
     }))

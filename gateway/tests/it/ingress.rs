@@ -284,11 +284,30 @@ async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_pu
         .await
         .unwrap();
     assert!(response.text.contains("Mention the bot"), "{response:?}");
+    assert_eq!(response.text, proto::commands::help());
     assert_eq!(
         stream_messages(&nats, &names.events_stream()).await,
         1,
         "help is answered, not published"
     );
+    // Every session verb needs the session's thread; outside one it is not a prompt.
+    for command in [
+        "/claude status",
+        "/claude invite @bob",
+        "/claude mode interactive",
+    ] {
+        let response = sim
+            .boot
+            .demo
+            .execute_command(&sim.boot.channel.id, command, None)
+            .await
+            .unwrap();
+        assert!(
+            response.text.contains("works inside a session's thread"),
+            "{command}: {response:?}"
+        );
+    }
+    assert_eq!(stream_messages(&nats, &names.events_stream()).await, 1);
     sim.boot
         .demo
         .execute_command(

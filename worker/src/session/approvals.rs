@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use proto::ChatEvent;
+use proto::{ChatEvent, LocalRef};
 
 use common::signing::ActionClaims;
 
@@ -368,14 +368,15 @@ impl State {
     /// running CLI, or an open row (asked by a CLI that is gone).
     async fn approval_on_post(&self, post_id: &str) -> Result<Option<(String, usize)>, Error> {
         let posts = &self.ctx.fabric.posts;
-        let is_post = |session: &str, seq: u32| {
-            let key = format!("ref.{session}.{seq}.0");
+        let is_post = |post: LocalRef| {
+            let key = proto::names::post_ref_key(&post, 0);
             async move {
-                matches!(posts.get(&key).await, Ok(Some(value)) if value.as_ref() == post_id.as_bytes())
+                let value = posts.get(&key).await.map_err(Error::Posts)?;
+                Ok::<_, Error>(value.is_some_and(|v| v.as_ref() == post_id.as_bytes()))
             }
         };
         for (approval, post, step) in self.approvals.prompts() {
-            if is_post(post.session.as_str(), post.seq).await {
+            if is_post(post.clone()).await? {
                 return Ok(Some((approval.to_owned(), step)));
             }
         }
@@ -385,8 +386,7 @@ impl State {
             .open_approvals(self.thread.as_str())
             .await?;
         for row in open {
-            let post = approvals::state::post_of(&row);
-            if is_post(post.session.as_str(), post.seq).await {
+            if is_post(approvals::state::post_of(&row)).await? {
                 let step = approvals::state::step_of(&row);
                 return Ok(Some((row.approval_id, step)));
             }
@@ -400,7 +400,7 @@ impl State {
         post_id: &str,
         emoji: &str,
     ) -> Result<(), Error> {
-        if is_stop_emoji(emoji) {
+        if proto::commands::stops_turn(emoji) {
             if self.may_act(&event.user.username, event.user.id.as_str()) {
                 self.interrupt(&event.user.username).await;
             }

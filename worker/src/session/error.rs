@@ -25,6 +25,8 @@ pub enum Error {
     Checkpoint(#[source] object_store::Error),
     #[error("the thread's events could not be opened")]
     Consumer(#[source] BoxError),
+    #[error("the thread's post references could not be read")]
+    Posts(#[source] async_nats::jetstream::kv::EntryError),
     #[error("the session is not attached")]
     NotAttached,
 }
@@ -36,7 +38,7 @@ impl Error {
             Error::Undecodable(_) | Error::NotAttached => false,
             Error::Records(err) => err.is_retryable(),
             Error::Replies(err) => err.is_retryable(),
-            Error::Runtime(_) | Error::Checkpoint(_) | Error::Consumer(_) => true,
+            Error::Runtime(_) | Error::Checkpoint(_) | Error::Consumer(_) | Error::Posts(_) => true,
         }
     }
 

@@ -117,29 +117,20 @@ impl ThreadActor {
         let stop_keeper = CancellationToken::new();
         // Renews the lease in this same task (not a spawned one), so whatever ends the
         // actor — even an abort — ends the renewals too.
-        let keeper = {
-            let leases = self.ctx.fabric.leases.clone();
-            let key = self.thread.to_string();
-            let me = self.ctx.id.to_string();
-            let every = (self.ctx.lease_ttl / 3).max(Duration::from_millis(100));
-            let lost = lost.clone();
-            let stop = stop_keeper.clone();
-            let mut revision = self.revision;
-            async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(every) => {}
-                    }
-                    match leases.update(&key, me.clone().into(), revision).await {
-                        Ok(next) => revision = next,
-                        Err(err) => {
-                            tracing::warn!(thread = %key, error = %err, "lease lost");
-                            lost.cancel();
-                            return;
-                        }
-                    }
-                }
+        let key = self.thread.to_string();
+        let keeper = async {
+            if let Err(err) = common::lease::keep(
+                &self.ctx.fabric.leases,
+                &key,
+                self.ctx.id.to_string().into(),
+                self.revision,
+                common::lease::renew_every(self.ctx.lease_ttl),
+                &stop_keeper,
+                &lost,
+            )
+            .await
+            {
+                tracing::warn!(thread = %key, error = &err as &dyn std::error::Error, "lease lost");
             }
         };
         let span = tracing::info_span!("thread", thread_id = %self.thread, worker = %self.ctx.id);
@@ -200,10 +191,6 @@ async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
         Some(session) => session.agent().next_event().await,
         None => std::future::pending().await,
     }
-}
-
-fn is_stop_emoji(emoji: &str) -> bool {
-    matches!(emoji, "x" | "octagonal_sign")
 }
 
 impl State {

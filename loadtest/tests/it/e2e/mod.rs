@@ -4,5 +4,7 @@
 
 mod chat;
 mod docker;
+mod entry;
+mod failures;
 mod fleet;
 pub mod support;
