@@ -1,4 +1,5 @@
 //! worker's integration tests.
 
 mod agent;
+mod layout;
 mod runtime;
