@@ -376,29 +376,7 @@ async fn start_sim(
     let sim = Sim::start(listener, SimOptions::default(), shutdown.child_token()).await?;
     let boot = bootstrap(sim.base_url()).await?;
     // Register the integrations as an admin does; mentions arrive over the WebSocket.
-    let hook = boot
-        .admin
-        .create_outgoing_webhook(&crate::mmsim::model::OutgoingWebhook {
-            team_id: boot.team.id.clone(),
-            channel_id: boot.channel.id.clone(),
-            display_name: "Claude".into(),
-            trigger_words: vec!["claude:".into()],
-            trigger_when: 1,
-            callback_urls: vec![format!("{gateway_url}/hooks/outgoing")],
-            content_type: "application/json".into(),
-            ..Default::default()
-        })
-        .await?;
-    let command = boot
-        .admin
-        .create_slash_command(&crate::mmsim::model::Command {
-            team_id: boot.team.id.clone(),
-            trigger: "claude".into(),
-            method: "P".into(),
-            url: format!("{gateway_url}/hooks/slash"),
-            ..Default::default()
-        })
-        .await?;
+    let (hook, command) = boot.register_integrations(gateway_url).await?;
     settings.extend([
         ("mattermost.url".into(), sim.base_url().to_owned()),
         ("mattermost.bot_token".into(), boot.bot_token.clone()),

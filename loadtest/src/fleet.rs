@@ -203,29 +203,7 @@ impl LocalFleet {
         let gateway_url = format!("http://{gateway_addr}");
 
         // Register the integrations as an admin does.
-        let hook = boot
-            .admin
-            .create_outgoing_webhook(&crate::mmsim::model::OutgoingWebhook {
-                team_id: boot.team.id.clone(),
-                channel_id: boot.channel.id.clone(),
-                display_name: "Claude".into(),
-                trigger_words: vec!["claude:".into()],
-                trigger_when: 1,
-                callback_urls: vec![format!("{gateway_url}/hooks/outgoing")],
-                content_type: "application/json".into(),
-                ..Default::default()
-            })
-            .await?;
-        let command = boot
-            .admin
-            .create_slash_command(&crate::mmsim::model::Command {
-                team_id: boot.team.id.clone(),
-                trigger: "claude".into(),
-                method: "P".into(),
-                url: format!("{gateway_url}/hooks/slash"),
-                ..Default::default()
-            })
-            .await?;
+        let (hook, command) = boot.register_integrations(&gateway_url).await?;
 
         config.mattermost.url = sim.base_url().to_owned();
         config.mattermost.bot_token = Secret::new(boot.bot_token.clone());

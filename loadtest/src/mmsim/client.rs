@@ -1022,6 +1022,41 @@ pub struct Bootstrap {
     pub demo: User,
 }
 
+impl Bootstrap {
+    /// Registers ccfleet's integrations as an admin does: an outgoing webhook (trigger
+    /// `claude:` in the channel) and the `/claude` slash command, both calling the gateway
+    /// at `gateway_url`. Mentions need neither: they arrive over the WebSocket.
+    pub async fn register_integrations(
+        &self,
+        gateway_url: &str,
+    ) -> Result<(OutgoingWebhook, Command)> {
+        let hook = self
+            .admin
+            .create_outgoing_webhook(&OutgoingWebhook {
+                team_id: self.team.id.clone(),
+                channel_id: self.channel.id.clone(),
+                display_name: "Claude".into(),
+                trigger_words: vec!["claude:".into()],
+                trigger_when: 1,
+                callback_urls: vec![format!("{gateway_url}/hooks/outgoing")],
+                content_type: "application/json".into(),
+                ..Default::default()
+            })
+            .await?;
+        let command = self
+            .admin
+            .create_slash_command(&Command {
+                team_id: self.team.id.clone(),
+                trigger: "claude".into(),
+                method: "P".into(),
+                url: format!("{gateway_url}/hooks/slash"),
+                ..Default::default()
+            })
+            .await?;
+        Ok((hook, command))
+    }
+}
+
 /// Password of the users [`bootstrap`] creates.
 pub const BOOTSTRAP_PASSWORD: &str = "sim-password-1";
 

@@ -165,9 +165,8 @@ impl State {
         Ok(())
     }
 
-    /// Attaches the session for a command; false (with a note) when there is none or
-    /// the author is not its owner.
-    pub(super) async fn owner_command(&mut self, event: &ChatEvent, what: &str) -> bool {
+    /// Attaches the thread's session for a command; false (with a note) when there is none.
+    async fn attach_existing(&mut self, event: &ChatEvent) -> bool {
         if self.row().await.is_none() {
             self.say(
                 event,
@@ -177,7 +176,13 @@ impl State {
             self.done = true;
             return false;
         }
-        if self.attach(event).await.is_err() {
+        self.attach(event).await.is_ok()
+    }
+
+    /// Attaches the session for a command; false (with a note) when there is none or
+    /// the author is not its owner.
+    pub(super) async fn owner_command(&mut self, event: &ChatEvent, what: &str) -> bool {
+        if !self.attach_existing(event).await {
             return false;
         }
         match self.owner().await {
@@ -192,16 +197,7 @@ impl State {
 
     /// `/claude permissions interactive`: from an auto mode down to `default`. Never up.
     pub(super) async fn permissions(&mut self, event: &ChatEvent, wanted: &str) {
-        if self.row().await.is_none() {
-            self.say(
-                event,
-                "There is no Claude Code session in this thread yet.".into(),
-            )
-            .await;
-            self.done = true;
-            return;
-        }
-        if self.attach(event).await.is_err() {
+        if !self.attach_existing(event).await {
             return;
         }
         if !self.may_act(&event.user.username, event.user.id.as_str()) {

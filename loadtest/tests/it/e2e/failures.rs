@@ -19,6 +19,22 @@ async fn permission_prompt(fleet: &LocalFleet, root: &str) -> Post {
     .await
 }
 
+/// A fleet whose new thread waits for permission to run a command: (fleet, root, prompt).
+async fn waiting_for_permission(env: &TestEnv) -> (LocalFleet, Post, Post) {
+    let fleet = fleet(env, 1, 4, RuntimeKind::Process, "default").await;
+    let root = fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "@claude [[bash:echo ok > out.txt]] run it",
+            None,
+        )
+        .await
+        .unwrap();
+    let prompt = permission_prompt(&fleet, &root.id).await;
+    (fleet, root, prompt)
+}
+
 /// Makes every read and write of the approvals table fail (in this test's database only)
 /// until [`restore_approvals`].
 async fn break_approvals(env: &TestEnv) {
@@ -40,17 +56,7 @@ async fn restore_approvals(env: &TestEnv) {
 #[tokio::test]
 async fn a_click_while_the_database_fails_is_applied_once_it_is_back() {
     let env = TestEnv::new().await;
-    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "default").await;
-    let root = fleet
-        .demo()
-        .post(
-            fleet.channel_id(),
-            "@claude [[bash:echo ok > out.txt]] run it",
-            None,
-        )
-        .await
-        .unwrap();
-    let prompt = permission_prompt(&fleet, &root.id).await;
+    let (fleet, root, prompt) = waiting_for_permission(&env).await;
 
     break_approvals(&env).await;
     fleet.demo().click(&prompt.id, "allow").await.unwrap();
@@ -75,17 +81,7 @@ async fn a_click_while_the_database_fails_is_applied_once_it_is_back() {
 #[tokio::test]
 async fn a_click_that_keeps_failing_ends_with_a_notice_and_the_request_stays_answerable() {
     let env = TestEnv::new().await;
-    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "default").await;
-    let root = fleet
-        .demo()
-        .post(
-            fleet.channel_id(),
-            "@claude [[bash:echo ok > out.txt]] run it",
-            None,
-        )
-        .await
-        .unwrap();
-    let prompt = permission_prompt(&fleet, &root.id).await;
+    let (fleet, root, prompt) = waiting_for_permission(&env).await;
 
     break_approvals(&env).await;
     fleet.demo().click(&prompt.id, "allow").await.unwrap();
