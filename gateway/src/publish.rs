@@ -19,6 +19,14 @@ pub enum Error {
         #[source]
         source: async_nats::jetstream::context::PublishError,
     },
+    #[error("the bot's thread membership could not be read")]
+    Membership(#[source] async_nats::jetstream::kv::EntryError),
+    #[error("the bot's thread membership of {thread} could not be recorded")]
+    Join {
+        thread: ThreadId,
+        #[source]
+        source: async_nats::jetstream::kv::PutError,
+    },
 }
 
 #[derive(Clone)]
@@ -123,34 +131,34 @@ impl Publisher {
     }
 
     /// Remembers that the bot takes part in `thread`, so later replies in it are forwarded.
-    pub async fn join_thread(&self, thread: &ThreadId) {
-        if let Err(err) = self
-            .posts
+    pub async fn join_thread(&self, thread: &ThreadId) -> Result<(), Error> {
+        self.posts
             .put(names::joined_thread_key(thread), "1".into())
             .await
-        {
-            tracing::warn!(error = %err, %thread, "could not record the thread as joined");
-        }
+            .map(|_| ())
+            .map_err(|source| Error::Join {
+                thread: thread.clone(),
+                source,
+            })
     }
 
-    pub async fn in_thread(&self, thread: &str) -> bool {
-        matches!(
-            self.posts
-                .get(names::joined_thread_key(&ThreadId::from(thread)))
-                .await,
-            Ok(Some(_))
-        )
+    /// Whether the bot takes part in `thread`. A read error is an error, never "no": the
+    /// caller retries rather than dropping a reply in a session's thread.
+    pub async fn in_thread(&self, thread: &str) -> Result<bool, Error> {
+        self.posts
+            .get(names::joined_thread_key(&ThreadId::from(thread)))
+            .await
+            .map(|entry| entry.is_some())
+            .map_err(Error::Membership)
     }
 
     /// The thread a post of the bot's belongs to, if the bot wrote it.
-    pub async fn thread_of_post(&self, post_id: &str) -> Option<ThreadId> {
-        match self
+    pub async fn thread_of_post(&self, post_id: &str) -> Result<Option<ThreadId>, Error> {
+        let entry = self
             .posts
             .get(names::post_thread_key(&PostId::from(post_id)))
             .await
-        {
-            Ok(Some(bytes)) => std::str::from_utf8(&bytes).ok().map(ThreadId::from),
-            _ => None,
-        }
+            .map_err(Error::Membership)?;
+        Ok(entry.and_then(|bytes| std::str::from_utf8(&bytes).ok().map(ThreadId::from)))
     }
 }

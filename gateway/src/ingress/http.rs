@@ -112,7 +112,11 @@ pub async fn outgoing_webhook(
             create_at_ms,
         }),
     };
-    state.publisher.join_thread(&thread).await;
+    state
+        .publisher
+        .join_thread(&thread)
+        .await
+        .map_err(Error::Publish)?;
     if let EventBody::Message(message) = &event.body {
         state
             .publisher
@@ -213,7 +217,11 @@ pub async fn slash_command(
             response_url: request.response_url,
         }),
     };
-    state.publisher.join_thread(&thread).await;
+    state
+        .publisher
+        .join_thread(&thread)
+        .await
+        .map_err(Error::Publish)?;
     state
         .publisher
         .publish(&event, "slash")

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 use super::channel_type;
-use crate::publish::Publisher;
+use crate::publish::{Error as PublishError, Publisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -175,7 +175,12 @@ impl Listener {
                 *resume = Some((connection_id, 1));
                 continue;
             }
-            if let Some(event) = self.to_chat_event(&envelope).await {
+            // Until the event is read and published the sequence does not move on, so a
+            // reconnect resumes from it.
+            let Some(event) = self.read_until_ok(&envelope, shutdown).await else {
+                return Ok(());
+            };
+            if let Some(event) = event {
                 self.publish_until_acked(&event, shutdown).await;
             }
             if let (Some(seq), Some((_, next))) = (envelope.seq, resume.as_mut()) {
@@ -199,18 +204,48 @@ impl Listener {
         }
     }
 
-    async fn to_chat_event(&self, envelope: &Envelope) -> Option<ChatEvent> {
-        match envelope.event.as_str() {
-            "posted" => self.posted(envelope).await,
-            "reaction_added" | "reaction_removed" => self.reaction(envelope).await,
-            _ => None,
+    /// The chat event of `envelope` (`Some(None)`: nothing for the bot), retrying while
+    /// the bot's thread membership cannot be read; `None` once shutting down.
+    async fn read_until_ok(
+        &self,
+        envelope: &Envelope,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<ChatEvent>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.to_chat_event(envelope).await {
+                Ok(event) => return Some(event),
+                Err(err) => tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    event = %envelope.event,
+                    "could not tell whether the event belongs to a bot thread; retrying"
+                ),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    async fn posted(&self, envelope: &Envelope) -> Option<ChatEvent> {
-        let post: WirePost = serde_json::from_str(envelope.data["post"].as_str()?).ok()?;
+    async fn to_chat_event(&self, envelope: &Envelope) -> Result<Option<ChatEvent>, PublishError> {
+        match envelope.event.as_str() {
+            "posted" => self.posted(envelope).await,
+            "reaction_added" | "reaction_removed" => self.reaction(envelope).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn posted(&self, envelope: &Envelope) -> Result<Option<ChatEvent>, PublishError> {
+        let Some(post) = envelope.data["post"]
+            .as_str()
+            .and_then(|p| serde_json::from_str::<WirePost>(p).ok())
+        else {
+            return Ok(None);
+        };
         if post.user_id == self.bot_id || post.kind.starts_with("system_") {
-            return None;
+            return Ok(None);
         }
         let mentions: Vec<String> = envelope.data["mentions"]
             .as_str()
@@ -221,16 +256,16 @@ impl Listener {
         let direct = kind == "D";
         let root = (!post.root_id.is_empty()).then(|| PostId::new(post.root_id.clone()));
         let in_thread = match &root {
-            Some(root) => self.publisher.in_thread(root.as_str()).await,
+            Some(root) => self.publisher.in_thread(root.as_str()).await?,
             None => false,
         };
         if !(mentions_bot || direct || in_thread) {
-            return None;
+            return Ok(None);
         }
         let post_id = PostId::new(post.id.clone());
         let thread = ThreadId::of_post(&post_id, root.as_ref());
         if mentions_bot || direct {
-            self.publisher.join_thread(&thread).await;
+            self.publisher.join_thread(&thread).await?;
         }
         let file_ids: Vec<proto::FileId> = post.file_ids.iter().map(proto::FileId::new).collect();
         self.publisher.stage_files(&thread, &file_ids).await;
@@ -239,7 +274,7 @@ impl Listener {
             .unwrap_or_default()
             .trim_start_matches('@')
             .to_owned();
-        Some(ChatEvent {
+        Ok(Some(ChatEvent {
             event_id: post.id.clone(),
             thread,
             channel: post.channel_id.as_str().into(),
@@ -258,7 +293,7 @@ impl Listener {
                 source: Source::WebSocket,
                 create_at_ms: post.create_at,
             }),
-        })
+        }))
     }
 
     /// A user's name, looked up once and remembered (names rarely change; a stale one
@@ -283,25 +318,29 @@ impl Listener {
         }
     }
 
-    async fn reaction(&self, envelope: &Envelope) -> Option<ChatEvent> {
-        let reaction: WireReaction =
-            serde_json::from_str(envelope.data["reaction"].as_str()?).ok()?;
+    async fn reaction(&self, envelope: &Envelope) -> Result<Option<ChatEvent>, PublishError> {
+        let Some(reaction) = envelope.data["reaction"]
+            .as_str()
+            .and_then(|r| serde_json::from_str::<WireReaction>(r).ok())
+        else {
+            return Ok(None);
+        };
         if reaction.user_id == self.bot_id {
-            return None;
+            return Ok(None);
         }
-        let thread = match self.publisher.thread_of_post(&reaction.post_id).await {
+        let thread = match self.publisher.thread_of_post(&reaction.post_id).await? {
             Some(thread) => thread,
-            None if self.publisher.in_thread(&reaction.post_id).await => {
+            None if self.publisher.in_thread(&reaction.post_id).await? => {
                 ThreadId::new(reaction.post_id.clone())
             }
-            None => return None,
+            None => return Ok(None),
         };
         let added = envelope.event == "reaction_added";
         let username = self.username(&reaction.user_id).await;
         let channel = envelope.broadcast["channel_id"]
             .as_str()
             .unwrap_or_default();
-        Some(ChatEvent {
+        Ok(Some(ChatEvent {
             event_id: format!(
                 "reaction:{}:{}:{}:{}:{}",
                 reaction.post_id,
@@ -323,6 +362,6 @@ impl Listener {
                 added,
                 create_at_ms: reaction.create_at,
             }),
-        })
+        }))
     }
 }

@@ -1,5 +1,5 @@
 //! A thread's event whose handling fails: retried while the failure lasts, answered
-//! visibly when it does not end, never dropped.
+//! visibly when it does not end, never dropped — in the worker and in the gateway.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
 use loadtest::mmsim::model::Post;
 
-use super::support::{fleet, is_answer, wait_for_post};
+use super::support::{answers, eventually, fleet, is_answer, wait_for_post};
 
 const TURN: Duration = Duration::from_secs(90);
 
@@ -119,5 +119,56 @@ async fn a_click_that_keeps_failing_ends_with_a_notice_and_the_request_stays_ans
         .filter(|p| p.message.contains("after several tries"))
         .count();
     assert_eq!(notices, 1, "one notice for the failed click");
+    fleet.stop().await;
+}
+
+/// Turns direct reads of this fleet's posts bucket (the bot's thread membership and post
+/// references) off or on, keeping its entries: while off, every read fails.
+async fn posts_reads(env: &TestEnv, on: bool) {
+    let js = async_nats::jetstream::new(env.nats().await);
+    let name = format!(
+        "KV_{}",
+        proto::names::Names::new(env.prefix.clone()).posts_bucket()
+    );
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.allow_direct = on;
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_while_the_gateway_cannot_read_thread_membership_is_forwarded_once_it_can() {
+    let env = TestEnv::new().await;
+    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the first answer", is_answer).await;
+    // Let the header's last edit of the turn be applied first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    posts_reads(&env, false).await;
+    fleet
+        .demo()
+        .post(fleet.channel_id(), "and once more, please", Some(&root.id))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    posts_reads(&env, true).await;
+
+    // The reply in the session's thread was held, not taken for a stranger's message.
+    eventually(TURN, "an answer to the reply", || async {
+        (answers(&fleet, &root.id).await.len() >= 2).then_some(())
+    })
+    .await;
+    let requests = fleet.model.message_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.transcript().contains("and once more, please")),
+        "the model saw the reply"
+    );
     fleet.stop().await;
 }
