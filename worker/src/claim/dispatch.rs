@@ -22,10 +22,19 @@ use crate::{render, replies};
 pub(crate) fn starts_session(event: &ChatEvent) -> bool {
     match &event.body {
         EventBody::Message(m) => m.mentions_bot || m.channel_type == proto::v1::ChannelType::Direct,
-        EventBody::SlashCommand(c) => !matches!(
-            c.text.split_whitespace().next(),
-            Some("status" | "stop" | "cancel" | "help") | None
-        ),
+        // Commands that only look at or stop a session never start one; the others (invite,
+        // kick, permissions) reach the thread's actor, which answers without a session.
+        EventBody::SlashCommand(c) => match c.text.split_whitespace().next() {
+            None => false,
+            Some(word) => !proto::commands::verb(word).is_some_and(|v| {
+                matches!(
+                    v.action,
+                    proto::commands::Action::Help
+                        | proto::commands::Action::Status
+                        | proto::commands::Action::Stop
+                )
+            }),
+        },
         _ => false,
     }
 }
