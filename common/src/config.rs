@@ -105,6 +105,8 @@ pub struct PostgresConfig {
     pub url: Secret,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    /// Server-side limit of one statement (0: none).
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -201,6 +203,11 @@ pub struct WorkerConfig {
     pub lease_ttl_s: u64,
     pub idle_timeout_s: u64,
     pub max_session_lifetime_s: u64,
+    /// A turn running longer is stopped, with a note (0: no limit).
+    pub turn_timeout_s: u64,
+    /// A turn whose CLI shows nothing for this long (not waiting for an answer) is
+    /// stopped, with a note (0: never).
+    pub stall_timeout_s: u64,
     pub shutdown_grace_s: u64,
     /// Path of the Claude Code CLI for the process runtime.
     pub claude_bin: String,

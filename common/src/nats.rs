@@ -178,7 +178,11 @@ pub async fn ensure_fabric(
         },
     )
     .await?;
-    let posts = ensure_bucket(&js, bucket(names.posts_bucket(), topology.events_max_age)).await?;
+    // The bot's thread membership and post references are kept for as long as the session
+    // records that refer to them (for ever, today): a session thread must keep working
+    // after its events have expired. A bucket made with an expiry loses it here.
+    let posts = ensure_bucket(&js, bucket(names.posts_bucket(), Duration::ZERO)).await?;
+    keep_forever(&js, &format!("KV_{}", names.posts_bucket())).await?;
     // Leases and heartbeats lapse unless renewed.
     let leases = ensure_bucket(&js, bucket(names.leases_bucket(), topology.lease_ttl)).await?;
     let workers = ensure_bucket(&js, bucket(names.workers_bucket(), topology.lease_ttl)).await?;
@@ -192,6 +196,31 @@ pub async fn ensure_fabric(
         workers,
         posts,
     })
+}
+
+/// Removes the max age of `stream` if it has one.
+async fn keep_forever(js: &jetstream::Context, stream: &str) -> Result<(), Error> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::StreamUpdate {
+        stream: stream.to_owned(),
+        source,
+    };
+    let mut current = js.get_stream(stream).await.map_err(|e| err(Box::new(e)))?;
+    let config = current
+        .info()
+        .await
+        .map_err(|e| err(Box::new(e)))?
+        .config
+        .clone();
+    if config.max_age.is_zero() {
+        return Ok(());
+    }
+    js.update_stream(stream::Config {
+        max_age: Duration::ZERO,
+        ..config
+    })
+    .await
+    .map_err(|e| err(Box::new(e)))?;
+    Ok(())
 }
 
 async fn ensure_stream(

@@ -52,6 +52,18 @@ pub struct Migration {
 pub fn pool(config: &PostgresConfig) -> Result<Pool, Error> {
     let mut pg = tokio_postgres::Config::from_str(config.url.expose()).map_err(Error::Url)?;
     pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+    // A server that vanished (host down, network cut) is noticed by TCP keepalive instead
+    // of a query waiting for ever; a statement that hangs is cancelled by the server.
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(15));
+    pg.keepalives_interval(Duration::from_secs(5));
+    pg.keepalives_retries(3);
+    if config.statement_timeout_ms > 0 {
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.statement_timeout_ms
+        ));
+    }
     let manager = Manager::from_config(
         pg,
         tokio_postgres::NoTls,

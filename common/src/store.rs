@@ -46,7 +46,14 @@ impl Store {
                     .with_bucket_name(&config.bucket)
                     .with_access_key_id(&config.access_key_id)
                     .with_secret_access_key(config.secret_access_key.expose())
-                    .with_virtual_hosted_style_request(!config.path_style);
+                    .with_virtual_hosted_style_request(!config.path_style)
+                    // A few quick retries for a blip; longer outages are the caller's to
+                    // handle (and tell the thread about), not minutes inside one call.
+                    .with_retry(object_store::RetryConfig {
+                        backoff: object_store::BackoffConfig::default(),
+                        max_retries: 3,
+                        retry_timeout: std::time::Duration::from_secs(20),
+                    });
                 if !config.endpoint.is_empty() {
                     builder = builder
                         .with_endpoint(&config.endpoint)

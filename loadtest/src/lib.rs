@@ -5,5 +5,6 @@ pub mod bench;
 pub mod chat;
 pub mod doubles;
 pub mod fake_model;
+pub mod faults;
 pub mod fleet;
 pub mod mmsim;

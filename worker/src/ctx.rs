@@ -30,4 +30,34 @@ pub struct Ctx {
     /// Asks one idle session to sleep so a queued thread gets its slot.
     pub evict_idle: Notify,
     pub lease_ttl: Duration,
+    /// Which background loops are down now (served at `/readyz`).
+    pub health: std::sync::Arc<Health>,
+}
+
+/// The worker's background loops that are down (each restarts itself with backoff): the
+/// worker is not ready while one is.
+#[derive(Debug, Default)]
+pub struct Health {
+    down: Mutex<std::collections::BTreeSet<&'static str>>,
+}
+
+impl Health {
+    pub fn set_down(&self, part: &'static str, down: bool) {
+        let mut set = self.down.lock().expect("health lock");
+        if down {
+            set.insert(part);
+        } else {
+            set.remove(part);
+        }
+    }
+
+    /// The parts that are down, sorted; empty when ready.
+    pub fn down(&self) -> Vec<&'static str> {
+        self.down
+            .lock()
+            .expect("health lock")
+            .iter()
+            .copied()
+            .collect()
+    }
 }

@@ -98,6 +98,7 @@ impl Worker {
             store,
             runtime,
             lease_ttl,
+            health: std::sync::Arc::default(),
         };
         // Registered before anything can be routed to it, so dispatchers count its slots.
         beat(&ctx).await;
@@ -136,9 +137,10 @@ impl Worker {
                     source,
                 })?;
             tracing::info!(addr = %addr, "serving metrics");
-            let (metrics, shutdown) = (self.metrics.clone(), shutdown.clone());
+            let (metrics, health, shutdown) =
+                (self.metrics.clone(), ctx.health.clone(), shutdown.clone());
             background.spawn(async move {
-                if let Err(err) = crate::metrics::serve(listener, metrics, shutdown).await {
+                if let Err(err) = crate::metrics::serve(listener, metrics, health, shutdown).await {
                     tracing::warn!(
                         error = &err as &dyn std::error::Error,
                         "metrics server failed"

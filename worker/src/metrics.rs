@@ -1,9 +1,11 @@
-//! Prometheus metrics of the worker, served at `/metrics` on `worker.metrics_listen`.
+//! Prometheus metrics of the worker, served at `/metrics` on `worker.metrics_listen`, with
+//! `/healthz` (the process answers) and `/readyz` (every background loop is up).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -11,6 +13,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::ctx::Health;
 use crate::runtime::Runtime;
 
 #[derive(Debug)]
@@ -34,15 +37,31 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `shutdown`.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
-        .with_state(metrics);
+        .with_state(metrics)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                let down = health.down();
+                if down.is_empty() {
+                    (StatusCode::OK, "ready".to_owned())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("down: {}", down.join(", ")),
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -35,10 +35,41 @@ pub enum Error {
 }
 
 impl Error {
-    /// Database errors are transient for us (connection loss, restarts): retry.
+    /// Whether the same statement may succeed later. Connection loss, restarts, locks and
+    /// a schema being changed are transient; a value the database refuses (SQLSTATE class
+    /// 22, "data exception") is refused every time.
     pub fn is_retryable(&self) -> bool {
-        true
+        match self {
+            Error::Pool(_) => true,
+            Error::Query(err) => !err.code().is_some_and(|code| code.code().starts_with("22")),
+        }
     }
+}
+
+/// Text from users, the agent or Mattermost, made safe to store: PostgreSQL's `text`
+/// refuses the NUL character, which chat messages and command output can hold. It is
+/// stored as U+FFFD.
+#[derive(Debug)]
+struct Text<'a>(&'a str);
+
+impl tokio_postgres::types::ToSql for Text<'_> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.0.contains('\0') {
+            self.0.replace('\0', "\u{FFFD}").as_str().to_sql(ty, out)
+        } else {
+            self.0.to_sql(ty, out)
+        }
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +235,7 @@ impl Records {
                 &row.session_id,
                 &row.channel_id,
                 &row.started_by,
-                &row.started_by_name,
+                &Text(&row.started_by_name),
                 &row.permission_mode,
                 &row.owner,
                 &row.status,
@@ -214,7 +245,7 @@ impl Records {
         self.execute(
             "INSERT INTO participants (thread_id, user_id, username, role) VALUES ($1, $2, $3, 'owner')
              ON CONFLICT DO NOTHING",
-            &[&row.thread_id, &row.started_by, &row.started_by_name],
+            &[&row.thread_id, &row.started_by, &Text(&row.started_by_name)],
         )
         .await?;
         Ok(self
@@ -302,9 +333,9 @@ impl Records {
                     &event.event_id,
                     &event.thread.as_str(),
                     &event.user.id.as_str(),
-                    &event.user.username,
+                    &Text(&event.user.username),
                     &kind,
-                    &body,
+                    &Text(body),
                     &received,
                 ],
             )
@@ -442,7 +473,7 @@ impl Records {
         self.execute(
             "INSERT INTO outbound_replies (session_id, seq, thread_id, kind, body) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
-            &[&session, &seq, &thread, &kind, &body],
+            &[&session, &seq, &thread, &kind, &Text(body)],
         )
         .await
         .map(|_| ())
@@ -488,7 +519,7 @@ impl Records {
         self.execute(
             "INSERT INTO artifacts (thread_id, turn, path, object_key, size_bytes, content_type)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[&thread, &turn, &path, &key, &size, &content_type],
+            &[&thread, &turn, &Text(path), &key, &size, &content_type],
         )
         .await
         .map(|_| ())
@@ -509,8 +540,8 @@ impl Records {
                 &row.request_id,
                 &row.incarnation,
                 &row.kind,
-                &row.tool_name,
-                &row.input,
+                &Text(&row.tool_name),
+                &Text(&row.input),
                 &row.fingerprint,
                 &row.post_ref,
                 &row.status,
@@ -553,6 +584,17 @@ impl Records {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals
              WHERE thread_id = $1 AND status = 'pending' ORDER BY created_at"
+        );
+        let rows = self.query(&sql, &[&thread]).await?;
+        Ok(rows.iter().map(approval_row).collect())
+    }
+
+    /// Outsiders' messages the owner let in that were not yet handed back to the thread.
+    pub async fn undelivered_admissions(&self, thread: &str) -> Result<Vec<ApprovalRow>, Error> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals
+             WHERE thread_id = $1 AND kind = 'guest' AND status = 'allowed' AND delivered_at IS NULL
+             ORDER BY created_at"
         );
         let rows = self.query(&sql, &[&thread]).await?;
         Ok(rows.iter().map(approval_row).collect())
@@ -638,8 +680,8 @@ impl Records {
                 &attempt.approval_id,
                 &attempt.thread_id,
                 &attempt.user_id,
-                &attempt.username,
-                &attempt.action,
+                &Text(attempt.username),
+                &Text(attempt.action),
                 &attempt.via,
                 &attempt.outcome,
             ],
@@ -662,7 +704,7 @@ impl Records {
                  SELECT $1, $2, $3, $4
                  WHERE NOT EXISTS (SELECT 1 FROM participants WHERE thread_id = $1 AND username = $3)
                  ON CONFLICT DO NOTHING",
-                &[&thread, &user_id, &username, &role],
+                &[&thread, &user_id, &Text(username), &role],
             )
             .await?;
         Ok(n == 1)

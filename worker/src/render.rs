@@ -300,6 +300,65 @@ pub fn takeover(previous: &str, now: &str) -> String {
     )
 }
 
+/// Told to whoever answers a prompt that has no stored request.
+pub fn unknown_request() -> String {
+    ":grey_question: This request is not known any more, so nothing was decided. If Claude still needs an answer, it asks again.".to_owned()
+}
+
+/// What the CLI is told when its request could not be shown in the thread.
+pub fn request_not_shown() -> String {
+    "This request could not be recorded or shown in the thread, so nobody could answer it; it was denied. Try again in a moment.".to_owned()
+}
+
+/// A turn's checkpoint could not be stored: what a takeover would lose.
+pub fn checkpoint_not_saved(turn: i32, saved: Option<i32>, reason: &str) -> String {
+    let fallback = match saved {
+        Some(saved) => {
+            format!("from the checkpoint of turn {saved}, without the changes made since")
+        }
+        None => "from an empty workspace".to_owned(),
+    };
+    format!(
+        ":warning: The files and conversation of turn {turn} could not be saved ({reason}). \
+         The session goes on on this worker, which tries again before it lets the session go; \
+         if this worker stops first, the session continues {fallback}."
+    )
+}
+
+pub fn unsaved_saved(turn: i32) -> String {
+    format!(":white_check_mark: The changes of turn {turn} are saved now.")
+}
+
+/// The unsaved turn could still not be stored when the session had to stop.
+pub fn unsaved_lost(turn: i32, reason: &str) -> String {
+    format!(
+        ":warning: This session stopped before the changes of turn {turn} could be saved ({reason}). \
+         They are lost: the next message continues from the last saved checkpoint."
+    )
+}
+
+pub fn turn_timed_out(limit_s: u64) -> String {
+    format!(
+        ":hourglass: Stopped: this turn ran longer than {} (the fleet's limit per turn). The session is kept: reply in this thread to continue.",
+        duration_words(limit_s)
+    )
+}
+
+pub fn turn_stalled(limit_s: u64) -> String {
+    format!(
+        ":hourglass: Stopped: Claude Code showed nothing for {} and looked stuck. The session is kept: reply in this thread to continue.",
+        duration_words(limit_s)
+    )
+}
+
+fn duration_words(seconds: u64) -> String {
+    match seconds {
+        s if s % 3600 == 0 && s >= 3600 => format!("{} h", s / 3600),
+        s if s % 60 == 0 && s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 pub fn retrying_cut_turn() -> String {
     ":repeat: The previous attempt at this message was cut off when its worker stopped; running it again.".to_owned()
 }

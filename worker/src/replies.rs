@@ -3,7 +3,8 @@
 //! thread over), each publish deduplicated by `Nats-Msg-Id` = `reply:<session>:<seq>`.
 
 use async_nats::jetstream;
-use proto::names::{MSG_ID_HEADER, Names};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use proto::names::{MSG_ID_HEADER, Names, applied_seq_key};
 use proto::v1::{Op, ReplyOp};
 use proto::{ChannelId, LocalRef, Message, SessionId, ThreadId, UserId};
 
@@ -11,6 +12,12 @@ use proto::{ChannelId, LocalRef, Message, SessionId, ThreadId, UserId};
 pub enum Error {
     #[error("could not encode reply operation")]
     Encode(#[source] proto::Error),
+    #[error("could not read the last reply operation of thread {thread}")]
+    Resume {
+        thread: ThreadId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("JetStream did not accept reply operation {seq} of session {session}")]
     Publish {
         session: SessionId,
@@ -22,7 +29,7 @@ pub enum Error {
 
 impl Error {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Publish { .. })
+        matches!(self, Error::Publish { .. } | Error::Resume { .. })
     }
 }
 
@@ -37,40 +44,64 @@ pub struct Replies {
 }
 
 impl Replies {
-    /// Continues the session's sequence after the last operation on the thread's subject.
+    /// Continues the session's sequence after the last operation on the thread's subject,
+    /// or after the last one the gateway applied when that is later (the stream's copy
+    /// expires with the events retention; the gateway's record does not). A failed look-up
+    /// is an error, never "nothing published yet": starting again at 1 would have every
+    /// new operation taken for one already applied.
     pub async fn resume(
-        js: jetstream::Context,
-        replies: &jetstream::stream::Stream,
+        fabric: &common::nats::Fabric,
         names: &Names,
         thread: ThreadId,
         channel: ChannelId,
         session: SessionId,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let subject = names.reply_subject(&thread);
-        let last = match replies.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => ReplyOp::decode(&message.payload)
-                .ok()
-                .filter(|op| op.session == session)
-                .map(|op| op.seq)
-                .unwrap_or(0),
-            Err(_) => 0,
+        let published = match fabric
+            .replies
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => last_seq_of(&message, &session),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(source) => {
+                return Err(Error::Resume {
+                    thread,
+                    source: Box::new(source),
+                });
+            }
         };
-        Self {
+        let applied = match fabric.posts.get(applied_seq_key(&session)).await {
+            Ok(Some(value)) => std::str::from_utf8(&value)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .unwrap_or(0),
+            Ok(None) => 0,
+            Err(source) => {
+                return Err(Error::Resume {
+                    thread,
+                    source: Box::new(source),
+                });
+            }
+        };
+        let last = published.max(applied);
+        let js = fabric.js.clone();
+        Ok(Self {
             js,
             subject,
             thread,
             channel,
             session,
             next_seq: last + 1,
-        }
+        })
     }
 
     pub fn session(&self) -> &SessionId {
         &self.session
     }
 
-    /// The local reference the next create will get.
-    fn next_ref(&self) -> LocalRef {
+    /// The local reference the next create will get (if nothing else is published first).
+    pub fn next_ref(&self) -> LocalRef {
         LocalRef {
             session: self.session.clone(),
             seq: u32::try_from(self.next_seq).unwrap_or(u32::MAX),
@@ -208,4 +239,49 @@ fn notice_session(key: &str) -> SessionId {
         })
         .collect();
     SessionId::new(format!("notice-{clean}"))
+}
+
+/// The `seq` of `message` if it belongs to `session`, else 0 (a new session starts at 1).
+/// Read from its `Nats-Msg-Id` (`reply:<session>:<seq>`), which every version writes, so a
+/// payload of a wire version this process cannot decode still continues the sequence.
+fn last_seq_of(
+    message: &async_nats::jetstream::message::StreamMessage,
+    session: &SessionId,
+) -> u64 {
+    let from_id = message
+        .headers
+        .get(MSG_ID_HEADER)
+        .and_then(|id| parse_msg_id(id.as_str()));
+    match from_id {
+        Some((of, seq)) => {
+            if of == session.as_str() {
+                seq
+            } else {
+                0
+            }
+        }
+        None => ReplyOp::decode(&message.payload)
+            .ok()
+            .filter(|op| &op.session == session)
+            .map_or(0, |op| op.seq),
+    }
+}
+
+/// `reply:<session>:<seq>` → (session, seq).
+fn parse_msg_id(id: &str) -> Option<(&str, u64)> {
+    let rest = id.strip_prefix("reply:")?;
+    let (session, seq) = rest.rsplit_once(':')?;
+    Some((session, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_msg_id;
+
+    #[test]
+    fn a_reply_message_id_names_its_session_and_seq() {
+        assert_eq!(parse_msg_id("reply:0193-ab:42"), Some(("0193-ab", 42)));
+        assert_eq!(parse_msg_id("reply:s:x"), None);
+        assert_eq!(parse_msg_id("mm:abc"), None);
+    }
 }

@@ -30,7 +30,8 @@ pub struct Transcript {
     /// The agent's last reported error, in plain words.
     error: Option<String>,
     /// Who stopped the turn.
-    interrupted_by: Option<String>,
+    /// Why the turn was stopped, as its answer's last line.
+    stopped: Option<String>,
 }
 
 /// What an applied event asks the shell to publish.
@@ -99,7 +100,12 @@ impl Transcript {
 
     /// The turn was stopped by `by` (a username); the tail says so instead of any error.
     pub fn interrupted(&mut self, by: &str) {
-        self.interrupted_by = Some(by.to_owned());
+        self.stopped = Some(render::interrupted(by));
+    }
+
+    /// The worker stopped the turn itself (`note` says why).
+    pub fn stopped(&mut self, note: String) {
+        self.stopped = Some(note);
     }
 
     /// The answer so far, as streamed.
@@ -126,8 +132,8 @@ impl Transcript {
     /// footer.
     pub fn final_text(&self, result: &TurnResult) -> String {
         let mut tail = Vec::new();
-        if let Some(by) = &self.interrupted_by {
-            tail.push(render::interrupted(by));
+        if let Some(note) = &self.stopped {
+            tail.push(note.clone());
         } else if let Some(error) = &self.error {
             tail.push(error.clone());
         } else if result.is_error && self.blocks.is_empty() {

@@ -37,6 +37,46 @@ fn decode<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> 
 }
 
 /// An outgoing webhook's request (JSON or form).
+/// The root of `post`'s thread (`None` for a root post), from Mattermost, tried a few
+/// times within the webhook's 30 s. A post the bot may not read is taken as a root.
+async fn root_of(
+    state: &AppState,
+    post: &PostId,
+) -> Result<Option<PostId>, crate::mattermost::Error> {
+    let mut wait = std::time::Duration::from_millis(250);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match state.mattermost.get_post(post.as_str()).await {
+            Ok(found) => {
+                return Ok((!found.root_id.is_empty()).then(|| PostId::new(found.root_id)));
+            }
+            Err(err) if err.is_retryable() && tries < 5 => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            // The bot cannot see the post (not in the channel, or gone): the webhook's own
+            // word is all there is, and it names no thread.
+            Err(crate::mattermost::Error::Status { status, .. })
+                if (400..500).contains(&status) =>
+            {
+                tracing::debug!(status, post = %post, "webhook post not readable; taken as a thread root");
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The webhook's reply when its post could not be taken: Mattermost posts `text` in the
+/// channel (its status code is not read, so an error status would be lost).
+fn webhook_failure() -> Response {
+    Json(json!({
+        "text": ":warning: Claude could not take this message (Mattermost or the message queue did not answer). Please send it again in a moment."
+    }))
+    .into_response()
+}
+
 #[derive(Debug, Deserialize)]
 pub struct WebhookRequest {
     #[serde(default)]
@@ -85,8 +125,17 @@ pub async fn outgoing_webhook(
         _ => 0,
     };
     let post_id = PostId::new(request.post_id);
-    // Outgoing webhooks do not say whether the post is a reply: it starts a thread.
-    let thread = ThreadId::of_post(&post_id, None);
+    // Outgoing webhooks do not say whether the post is a reply: Mattermost does. The same
+    // post may also come over the WebSocket, with the same dedupe id: both must name the
+    // same thread, or whichever came first would decide.
+    let root = match root_of(&state, &post_id).await {
+        Ok(root) => root,
+        Err(err) => {
+            tracing::error!(error = %common::error_chain(&err), post_id = %post_id, "could not read the webhook's post");
+            return Ok(webhook_failure());
+        }
+    };
+    let thread = ThreadId::of_post(&post_id, root.as_ref());
     let event = ChatEvent {
         event_id: post_id.to_string(),
         thread: thread.clone(),
@@ -98,7 +147,7 @@ pub async fn outgoing_webhook(
         received_at_ms: common::now_ms(),
         body: EventBody::Message(MessagePosted {
             post_id,
-            root_id: None,
+            root_id: root,
             text: request.text,
             file_ids: request
                 .file_ids
@@ -112,22 +161,21 @@ pub async fn outgoing_webhook(
             create_at_ms,
         }),
     };
-    state
-        .publisher
-        .join_thread(&thread)
-        .await
-        .map_err(Error::Publish)?;
+    // Mattermost does not read a webhook's status: a failure must be a visible reply.
+    if let Err(err) = state.publisher.join_thread(&thread).await {
+        tracing::error!(error = %common::error_chain(&err), "could not join the webhook's thread");
+        return Ok(webhook_failure());
+    }
     if let EventBody::Message(message) = &event.body {
         state
             .publisher
             .stage_files(&thread, &message.file_ids)
             .await;
     }
-    state
-        .publisher
-        .publish(&event, "webhook")
-        .await
-        .map_err(Error::Publish)?;
+    if let Err(err) = state.publisher.publish(&event, "webhook").await {
+        tracing::error!(error = %common::error_chain(&err), "could not publish the webhook's event");
+        return Ok(webhook_failure());
+    }
     // An empty object: no reply post from Mattermost; the worker answers in the thread.
     Ok(Json(json!({})).into_response())
 }

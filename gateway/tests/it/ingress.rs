@@ -208,16 +208,22 @@ async fn a_forged_webhook_token_and_a_forged_action_context_are_rejected_with_no
     assert_eq!(stream_messages(&nats, &names.events_stream()).await, 1);
 }
 
-#[tokio::test]
-async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_published() {
-    let env = TestEnv::new().await;
-    let sim = SimEnv::start().await;
+/// A gateway whose outgoing webhook (trigger `claude:`) and `/claude` command are
+/// registered in the simulator the way an admin does it, through the API; with the
+/// WebSocket listener too when `websocket`.
+async fn with_integrations(
+    env: &TestEnv,
+    sim: &SimEnv,
+    websocket: bool,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let listener_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let gateway_url = format!("http://127.0.0.1:{listener_port}");
-    // Register the integrations the way an admin does, through the API.
     let hook = sim
         .boot
         .admin
@@ -245,7 +251,7 @@ async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_pu
         })
         .await
         .unwrap();
-    let mut config = gateway_config(&env, &sim);
+    let mut config = gateway_config(env, sim);
     config.mattermost.webhook_token = common::config::Secret::new(hook.token.clone());
     config.mattermost.slash_token = common::config::Secret::new(command.token.clone());
     config.gateway.listen = format!("127.0.0.1:{listener_port}");
@@ -256,7 +262,7 @@ async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_pu
     let gateway = gateway::Gateway::build(
         config,
         gateway::Options {
-            websocket: false,
+            websocket,
             ..options("a")
         },
     )
@@ -264,6 +270,89 @@ async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_pu
     .unwrap();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { gateway.run(listener, token).await.unwrap() });
+    if websocket {
+        eventually(
+            Duration::from_secs(10),
+            "the gateway on the WebSocket",
+            || async {
+                let stats = sim.control.stats().await.ok()?;
+                (stats.websocket_connections >= 1).then_some(())
+            },
+        )
+        .await;
+    }
+    (shutdown, task)
+}
+
+/// The events in the stream, in order.
+async fn events(env: &TestEnv) -> Vec<ChatEvent> {
+    let js = async_nats::jetstream::new(env.nats().await);
+    let names = proto::names::Names::new(env.prefix.clone());
+    let stream = js.get_stream(names.events_stream()).await.unwrap();
+    let mut out = Vec::new();
+    let mut seq = 1;
+    while let Ok(message) = stream.get_raw_message(seq).await {
+        out.push(ChatEvent::decode(&message.payload).unwrap());
+        seq += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_webhook_reply_in_a_thread_and_its_websocket_copy_name_the_same_thread() {
+    for websocket in [false, true] {
+        let env = TestEnv::new().await;
+        let sim = SimEnv::start().await;
+        let (shutdown, task) = with_integrations(&env, &sim, websocket).await;
+        let root = sim
+            .boot
+            .demo
+            .post(&sim.boot.channel.id, "@claude start here", None)
+            .await
+            .unwrap();
+        let reply = sim
+            .boot
+            .demo
+            .post(&sim.boot.channel.id, "claude: and go on", Some(&root.id))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(10), "the reply's event", || async {
+            events(&env)
+                .await
+                .into_iter()
+                .find(|e| e.event_id == reply.id)
+        })
+        .await;
+        // Both copies (when there are two) had their chance to be published.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let all = events(&env).await;
+        let copies: Vec<&ChatEvent> = all.iter().filter(|e| e.event_id == reply.id).collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "one event for one post (websocket: {websocket})"
+        );
+        assert_eq!(copies[0].thread.as_str(), root.id, "websocket: {websocket}");
+        match &copies[0].body {
+            proto::v1::EventBody::Message(m) => {
+                assert_eq!(
+                    m.root_id.as_ref().map(|r| r.as_str()),
+                    Some(root.id.as_str())
+                );
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        sim.assert_contract().await;
+    }
+}
+
+#[tokio::test]
+async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_published() {
+    let env = TestEnv::new().await;
+    let sim = SimEnv::start().await;
+    let (shutdown, task) = with_integrations(&env, &sim, false).await;
 
     sim.boot
         .demo

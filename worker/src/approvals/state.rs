@@ -5,7 +5,8 @@
 //! ([`Approvals::answered`]), time passed ([`Approvals::expired`]), requests are no longer
 //! needed ([`Approvals::withdrawn`]). The core answers with [`Effect`]s that the shell
 //! carries out in order. Two of them need a report before the core goes on:
-//! [`Effect::Post`] → [`Approvals::posted`] (the row needs the post's reference) and
+//! [`Effect::Insert`] → [`Approvals::recorded`] (a request is shown only once its row
+//! exists, so every click on a prompt finds what it answers) and
 //! [`Effect::Decide`] → [`Approvals::decided`]: the conditional update of the row in
 //! PostgreSQL is what makes the first answer win across workers, so the core cannot know
 //! the outcome by itself.
@@ -162,7 +163,9 @@ pub enum Effect {
     /// Show the session's status in its header. `Working` means nothing waits for the
     /// thread any more: the shell shows it only while a turn runs.
     Status(Status),
-    /// Create the prompt post, then report [`Approvals::posted`].
+    /// Create the prompt post. It must get the reference reserved by the [`Effect::Insert`]
+    /// just before it (nothing is posted in between); if it cannot be posted, report
+    /// [`Approvals::unposted`].
     Post {
         text: String,
         buttons: Buttons,
@@ -173,7 +176,8 @@ pub enum Effect {
         text: String,
         buttons: Option<Buttons>,
     },
-    /// Store a new approval.
+    /// Store a new approval whose `post_ref` is the reference the next post will get, then
+    /// report [`Approvals::recorded`].
     Insert(ApprovalRow),
     /// Point a stored approval at the CLI's new request.
     Rebind {
@@ -216,10 +220,11 @@ pub enum Effect {
         user_id: String,
         text: String,
     },
-    /// Run an outsider's held message as a prompt.
-    Queue {
+    /// Hand an outsider's held message back to the thread as an admitted event (durable:
+    /// it is run as a prompt even if this worker dies first), then record it delivered.
+    Admit {
+        approval: String,
         event: ChatEvent,
-        text: String,
     },
     /// Make the outsider a participant.
     Invite {
@@ -240,12 +245,14 @@ struct Pending {
     answers: BTreeMap<String, String>,
 }
 
-/// An approval whose prompt is being posted.
+/// An approval being stored, with the prompt that shows it once it is.
 #[derive(Debug, Clone)]
 struct Posting {
     row: ApprovalRow,
     /// `None` for a held message.
     request: Option<PermissionRequest>,
+    text: String,
+    buttons: Buttons,
 }
 
 /// A decision the shell is storing.
@@ -295,6 +302,12 @@ struct Recent {
 impl Recent {
     fn contains(&self, id: &str) -> bool {
         self.set.contains(id)
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.set.remove(id) {
+            self.order.retain(|o| o != id);
+        }
     }
 
     fn insert(&mut self, id: &str) {
@@ -431,13 +444,8 @@ impl Approvals {
         self.posting.insert(
             asked.approval.clone(),
             Posting {
-                row,
+                row: row.clone(),
                 request: Some(request),
-            },
-        );
-        vec![
-            Effect::Status(Status::WaitingForApproval),
-            Effect::Post {
                 text,
                 buttons: Buttons {
                     approval: asked.approval,
@@ -445,6 +453,10 @@ impl Approvals {
                     buttons,
                 },
             },
+        );
+        vec![
+            Effect::Status(Status::WaitingForApproval),
+            Effect::Insert(row),
         ]
     }
 
@@ -533,28 +545,45 @@ impl Approvals {
             delivered: false,
             expires_at_ms: held.now_ms.saturating_add(HELD_FOR_MS),
         };
-        self.posting
-            .insert(held.approval.clone(), Posting { row, request: None });
-        vec![Effect::Post {
-            text,
-            buttons: Buttons {
-                approval: held.approval,
-                step: 0,
-                buttons,
+        self.posting.insert(
+            held.approval.clone(),
+            Posting {
+                row: row.clone(),
+                request: None,
+                text,
+                buttons: Buttons {
+                    approval: held.approval,
+                    step: 0,
+                    buttons,
+                },
             },
-        }]
+        );
+        vec![Effect::Insert(row)]
     }
 
-    /// The prompt of `approval` was posted as `post`, or could not be (`None`: the request
-    /// is dropped, as nobody could answer it).
-    pub fn posted(&mut self, approval: &str, post: Option<LocalRef>) -> Vec<Effect> {
-        let Some(Posting { mut row, request }) = self.posting.remove(approval) else {
+    /// The approval was stored with its prompt's reference `post` (then the prompt is
+    /// posted), or could not be (`None`). A CLI's request nobody can answer is denied, so
+    /// the CLI stops waiting and the turn shows why; a held message is forgotten, so that
+    /// the shell's retry of its event holds it again.
+    pub fn recorded(&mut self, approval: &str, post: Option<LocalRef>) -> Vec<Effect> {
+        let Some(Posting {
+            row,
+            request,
+            text,
+            buttons,
+        }) = self.posting.remove(approval)
+        else {
             return Vec::new();
         };
         let Some(post) = post else {
-            return Vec::new();
+            return match request {
+                Some(request) => self.unanswerable(approval, request, None),
+                None => {
+                    self.events.remove(&row.event_id);
+                    Vec::new()
+                }
+            };
         };
-        row.post_ref = i32::try_from(post.seq).unwrap_or(i32::MAX);
         if let Some(request) = request {
             self.pending.insert(
                 approval.to_owned(),
@@ -568,7 +597,45 @@ impl Approvals {
                 },
             );
         }
-        vec![Effect::Insert(row)]
+        vec![Effect::Post { text, buttons }]
+    }
+
+    /// The prompt of a stored approval could not be posted: nobody can answer it. It is
+    /// closed; a CLI's request is denied.
+    pub fn unposted(&mut self, approval: &str) -> Vec<Effect> {
+        match self.pending.remove(approval) {
+            Some(pending) => {
+                let close = Effect::Close {
+                    approval: approval.to_owned(),
+                    status: "failed",
+                };
+                self.unanswerable(approval, pending.request, Some(close))
+            }
+            None => vec![Effect::Close {
+                approval: approval.to_owned(),
+                status: "failed",
+            }],
+        }
+    }
+
+    fn unanswerable(
+        &mut self,
+        approval: &str,
+        request: PermissionRequest,
+        close: Option<Effect>,
+    ) -> Vec<Effect> {
+        let mut effects: Vec<Effect> = close.into_iter().collect();
+        effects.push(Effect::Deliver {
+            approval: approval.to_owned(),
+            request_id: request.request_id,
+            answer: crate::agent::PermissionAnswer::Deny {
+                message: render::request_not_shown(),
+            },
+        });
+        if self.pending.is_empty() {
+            effects.push(Effect::Status(Status::Working));
+        }
+        effects
     }
 
     /// Someone answered by button or reaction.
@@ -859,9 +926,6 @@ impl Approvals {
                 if !won {
                     return effects;
                 }
-                effects.push(Effect::MarkDelivered {
-                    approval: approval.to_owned(),
-                });
                 effects.push(Effect::Update {
                     post,
                     text,
@@ -873,16 +937,18 @@ impl Approvals {
                         username: str_field(&input, "username"),
                     });
                 }
-                if choice != Choice::GuestDeny
-                    && let Some(event) = input
-                        .get("event")
-                        .cloned()
-                        .and_then(|e| serde_json::from_value::<ChatEvent>(e).ok())
-                {
-                    effects.push(Effect::Queue {
+                let event = input
+                    .get("event")
+                    .cloned()
+                    .and_then(|e| serde_json::from_value::<ChatEvent>(e).ok());
+                match event {
+                    Some(event) if choice != Choice::GuestDeny => effects.push(Effect::Admit {
+                        approval: approval.to_owned(),
                         event,
-                        text: str_field(&input, "text"),
-                    });
+                    }),
+                    _ => effects.push(Effect::MarkDelivered {
+                        approval: approval.to_owned(),
+                    }),
                 }
             }
         }

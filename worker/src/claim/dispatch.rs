@@ -39,32 +39,84 @@ pub(crate) fn starts_session(event: &ChatEvent) -> bool {
     }
 }
 
+/// How often the dispatcher tries an event before it gives up on it with a notice in its
+/// thread (the same bound as a thread's own events).
+const MAX_DISPATCH: i64 = crate::session::MAX_DELIVER;
+
+/// How long a message of a newer wire version waits before it is offered again: an
+/// upgraded worker will take it (rolling upgrade).
+const NEWER_VERSION_DELAY: Duration = Duration::from_secs(5);
+
+/// Reads the dispatch consumer until `stop`. When its message stream ends or cannot be
+/// opened, it is opened again with backoff: dispatching never stops silently.
 pub(crate) async fn dispatch_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
-    let Some(consumer) =
-        shared_consumer(&ctx.fabric.events, ctx.names.dispatch_consumer(), &stop).await
-    else {
-        return;
-    };
-    let mut messages = match consumer.messages().await {
-        Ok(messages) => messages,
-        Err(err) => {
-            tracing::error!(error = %err, "dispatch stream failed");
+    let mut failures = 0u32;
+    loop {
+        let Some(consumer) =
+            shared_consumer(&ctx.fabric.events, ctx.names.dispatch_consumer(), &stop).await
+        else {
+            return;
+        };
+        match consumer.messages().await {
+            Ok(messages) => {
+                ctx.health.set_down("dispatch", false);
+                if dispatch_messages(&ctx, messages, &stop).await {
+                    failures = 0;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %common::error_chain(&err), "dispatch stream could not be opened");
+            }
+        }
+        if stop.is_cancelled() {
             return;
         }
-    };
+        ctx.health.set_down("dispatch", true);
+        failures += 1;
+        let wait = crate::session::backoff(i64::from(failures.min(8)));
+        tracing::warn!(?wait, "dispatch stream ended; opening it again");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Dispatches messages until the stream ends (returns whether any was read) or `stop`.
+async fn dispatch_messages(
+    ctx: &Ctx,
+    mut messages: pull::Stream,
+    stop: &CancellationToken,
+) -> bool {
+    let mut read_any = false;
     loop {
         let message = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return read_any,
             next = messages.next() => match next {
                 Some(Ok(message)) => message,
-                Some(Err(err)) => { tracing::warn!(error = %err, "dispatch hiccup"); continue; }
-                None => return,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %common::error_chain(&err), "dispatch hiccup");
+                    continue;
+                }
+                None => return read_any,
             },
         };
+        read_any = true;
+        let delivered = message.info().map_or(1, |info| info.delivered);
         let event = match ChatEvent::decode(&message.payload) {
             Ok(event) => event,
+            Err(proto::Error::UnsupportedVersion { version, .. }) if version > proto::CURRENT => {
+                tracing::warn!(
+                    version,
+                    "chat event of a newer wire version; leaving it for an upgraded worker"
+                );
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(NEWER_VERSION_DELAY)))
+                    .await;
+                continue;
+            }
             Err(err) => {
-                tracing::error!(error = %err, "undecodable chat event dropped");
+                tracing::error!(error = %common::error_chain(&err), "undecodable chat event dropped");
                 let _ = message.ack_with(jetstream::AckKind::Term).await;
                 continue;
             }
@@ -72,16 +124,37 @@ pub(crate) async fn dispatch_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         let span =
             tracing::info_span!("dispatch", thread_id = %event.thread, event_id = %event.event_id);
         common::telemetry::follow(&span, message.headers.as_ref());
-        let result = tracing::Instrument::instrument(dispatch_one(&ctx, &event), span).await;
+        let result = tracing::Instrument::instrument(dispatch_one(ctx, &event), span).await;
         match result {
             Ok(()) => {
                 let _ = message.ack().await;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "dispatch failed; will retry");
+            Err(err) if delivered < MAX_DISPATCH => {
+                tracing::warn!(error = %common::error_chain(&err), delivered, "dispatch failed; will retry");
                 let _ = message
-                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                    .ack_with(jetstream::AckKind::Nak(Some(crate::session::backoff(
+                        delivered,
+                    ))))
                     .await;
+            }
+            Err(err) => {
+                let reason = common::error_chain(&err);
+                tracing::error!(error = %reason, delivered, "dispatch failed; telling the thread");
+                let told = replies::notice(
+                    &ctx.fabric.js,
+                    &ctx.names,
+                    &event.thread,
+                    &event.channel,
+                    &format!("failed-{}", event.event_id),
+                    render::event_failed(&reason, true),
+                )
+                .await;
+                let ack = if told.is_ok() {
+                    jetstream::AckKind::Term
+                } else {
+                    jetstream::AckKind::Nak(Some(crate::session::backoff(delivered)))
+                };
+                let _ = message.ack_with(ack).await;
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::jetstream::{self};
 use futures::StreamExt;
 use proto::{ThreadId, WorkerId};
@@ -91,26 +92,7 @@ pub(crate) async fn claim_loop(
                     .await;
             }
             OnQueued::TryLease => {
-                let (result, revision) = match ctx
-                    .fabric
-                    .leases
-                    .create(thread.as_str(), ctx.id.to_string().into())
-                    .await
-                {
-                    Ok(revision) => (LeaseResult::Acquired, revision),
-                    Err(_) => {
-                        let owner = ctx
-                            .fabric
-                            .leases
-                            .get(thread.as_str())
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|v| WorkerId::new(String::from_utf8_lossy(&v).into_owned()))
-                            .unwrap_or_else(|| WorkerId::new("unknown"));
-                        (LeaseResult::HeldBy(owner), 0)
-                    }
-                };
+                let (result, revision) = take_lease(&ctx, &thread).await;
                 let outcome = ctx
                     .claimer
                     .lock()
@@ -131,8 +113,49 @@ pub(crate) async fn claim_loop(
                         return;
                     }
                 }
-                let _ = message.ack().await;
+                if outcome == OnLease::Retry {
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(LEASE_RETRY)))
+                        .await;
+                } else {
+                    let _ = message.ack().await;
+                }
             }
+        }
+    }
+}
+
+/// How long a queued thread whose lease could not be settled waits before it is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// Creates the thread's lease, or finds who holds it. Any failure to tell is
+/// [`LeaseResult::Unavailable`], never a guess at an owner.
+async fn take_lease(ctx: &Ctx, thread: &ThreadId) -> (LeaseResult, u64) {
+    let leases = &ctx.fabric.leases;
+    match leases
+        .create(thread.as_str(), ctx.id.to_string().into())
+        .await
+    {
+        Ok(revision) => (LeaseResult::Acquired, revision),
+        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
+            match leases.get(thread.as_str()).await {
+                Ok(Some(owner)) => (
+                    LeaseResult::HeldBy(WorkerId::new(
+                        String::from_utf8_lossy(&owner).into_owned(),
+                    )),
+                    0,
+                ),
+                // Released between our create and our read: try again.
+                Ok(None) => (LeaseResult::Unavailable, 0),
+                Err(err) => {
+                    tracing::warn!(%thread, error = %common::error_chain(&err), "could not read a thread's lease; trying again");
+                    (LeaseResult::Unavailable, 0)
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(%thread, error = %common::error_chain(&err), "could not take a thread's lease; trying again");
+            (LeaseResult::Unavailable, 0)
         }
     }
 }

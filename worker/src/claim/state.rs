@@ -50,6 +50,9 @@ pub enum OnQueued {
 pub enum LeaseResult {
     Acquired,
     HeldBy(WorkerId),
+    /// The lease store could not be read or written (or the holder let go in between):
+    /// who holds the thread is unknown.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,10 @@ pub enum OnLease {
     Start,
     /// Someone else holds it: drop the queue item, free the reservation.
     Drop,
+    /// Unknown, or held by an earlier life of this worker (same id) that nobody renews:
+    /// free the reservation and give the item back to be tried again later. Never a drop:
+    /// nobody else is known to have the thread.
+    Retry,
 }
 
 #[derive(Debug, Clone)]
@@ -124,11 +131,9 @@ impl Claimer {
                 self.owned.insert(thread.clone());
                 OnLease::Start
             }
-            LeaseResult::HeldBy(owner) if owner == self.me => {
-                self.owned.insert(thread.clone());
-                OnLease::Start
-            }
+            LeaseResult::HeldBy(owner) if owner == self.me => OnLease::Retry,
             LeaseResult::HeldBy(_) => OnLease::Drop,
+            LeaseResult::Unavailable => OnLease::Retry,
         }
     }
 
@@ -171,6 +176,8 @@ mod tests {
         Crash(usize),
         Expire,
         Drain(usize),
+        /// The next lease attempt fails (NATS unavailable).
+        LeaseFails,
     }
 
     fn step(workers: usize) -> impl Strategy<Value = Step> {
@@ -181,6 +188,7 @@ mod tests {
             1 => (0..workers).prop_map(Step::Crash),
             1 => Just(Step::Expire),
             1 => (0..workers).prop_map(Step::Drain),
+            1 => Just(Step::LeaseFails),
         ]
     }
 
@@ -197,8 +205,11 @@ mod tests {
             let mut queue: VecDeque<ThreadId> = VecDeque::new();
             let mut next_thread = 0;
             let mut crashed: BTreeSet<WorkerId> = BTreeSet::new();
+            let mut created: BTreeSet<ThreadId> = BTreeSet::new();
+            let mut released: BTreeSet<ThreadId> = BTreeSet::new();
+            let mut lease_fails = false;
 
-            let pull = |w: usize, workers: &mut Vec<Option<Claimer>>, leases: &mut BTreeMap<ThreadId, WorkerId>, queue: &mut VecDeque<ThreadId>| {
+            let pull = |w: usize, workers: &mut Vec<Option<Claimer>>, leases: &mut BTreeMap<ThreadId, WorkerId>, queue: &mut VecDeque<ThreadId>, lease_fails: &mut bool| {
                 let Some(claimer) = workers[w].as_mut() else { return };
                 if !claimer.wants_work() { return; }
                 let Some(thread) = queue.pop_front() else { return };
@@ -206,11 +217,18 @@ mod tests {
                     OnQueued::GiveBack => queue.push_front(thread),
                     OnQueued::AlreadyOurs => {}
                     OnQueued::TryLease => {
-                        let result = match leases.get(&thread) {
-                            None => { leases.insert(thread.clone(), claimer.me().clone()); LeaseResult::Acquired }
-                            Some(owner) => LeaseResult::HeldBy(owner.clone()),
+                        let result = if std::mem::take(lease_fails) {
+                            LeaseResult::Unavailable
+                        } else {
+                            match leases.get(&thread) {
+                                None => { leases.insert(thread.clone(), claimer.me().clone()); LeaseResult::Acquired }
+                                Some(owner) => LeaseResult::HeldBy(owner.clone()),
+                            }
                         };
-                        let _ = claimer.on_lease(&thread, result);
+                        // The shell NAKs a Retry: the item comes back.
+                        if claimer.on_lease(&thread, result) == OnLease::Retry {
+                            queue.push_back(thread);
+                        }
                     }
                 }
             };
@@ -220,17 +238,20 @@ mod tests {
                     Step::NewThread => {
                         let t = ThreadId::new(format!("t{next_thread}"));
                         next_thread += 1;
+                        created.insert(t.clone());
                         if route(leases.get(&t), true, false) == Route::Enqueue {
                             queue.push_back(t);
                         }
                     }
-                    Step::Pull(w) => pull(*w, &mut workers, &mut leases, &mut queue),
+                    Step::Pull(w) => pull(*w, &mut workers, &mut leases, &mut queue, &mut lease_fails),
+                    Step::LeaseFails => lease_fails = true,
                     Step::Release(w) => {
                         if let Some(claimer) = workers[*w].as_mut() {
                             let first = claimer.owned().next().cloned();
                             if let Some(t) = first {
                                 leases.remove(&t);
                                 claimer.on_released(&t);
+                                released.insert(t);
                             }
                         }
                     }
@@ -261,6 +282,14 @@ mod tests {
                         prop_assert_eq!(leases.get(t), Some(claimer.me()), "an owned thread's lease names its owner");
                     }
                 }
+                // Nothing lost: every thread is held by someone, waiting in the queue, or
+                // was released by its owner.
+                for t in &created {
+                    prop_assert!(
+                        leases.contains_key(t) || queue.contains(t) || released.contains(t),
+                        "thread {} is neither held, queued nor released", t
+                    );
+                }
                 let mut seen = BTreeSet::new();
                 for claimer in workers.iter().flatten() {
                     for t in claimer.owned() {
@@ -283,8 +312,10 @@ mod tests {
                             None => LeaseResult::Acquired,
                             Some(owner) => LeaseResult::HeldBy(owner.clone()),
                         };
-                        if fresh.on_lease(&thread, result) == OnLease::Start {
-                            fresh.on_released(&thread);
+                        match fresh.on_lease(&thread, result) {
+                            OnLease::Start => fresh.on_released(&thread),
+                            OnLease::Retry => queue.push_back(thread),
+                            OnLease::Drop => {}
                         }
                     }
                     OnQueued::AlreadyOurs => {}
@@ -308,6 +339,19 @@ mod tests {
         assert_eq!(queue_notice(1, 2), None);
         assert_eq!(queue_notice(3, 2), Some(3));
         assert_eq!(queue_notice(1, 0), Some(1));
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_read_or_is_our_earlier_life_is_tried_again() {
+        let me = WorkerId::new("w");
+        let mut c = Claimer::new(me.clone(), 1);
+        let t = ThreadId::new("t");
+        assert_eq!(c.on_queued(&t), OnQueued::TryLease);
+        assert_eq!(c.on_lease(&t, LeaseResult::Unavailable), OnLease::Retry);
+        assert_eq!(c.free(), 1, "the reservation is given back");
+        assert_eq!(c.on_queued(&t), OnQueued::TryLease);
+        assert_eq!(c.on_lease(&t, LeaseResult::HeldBy(me)), OnLease::Retry);
+        assert!(!c.owns(&t));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use super::*;
 use crate::agent::PermissionRequest;
 use crate::approvals::{self, Answer, Asked, Effect, Held, Person, Via, Withdrawal};
 use crate::records::AnswerAttempt;
+
+/// The event id prefix of an outsider's message handed back to its thread once admitted.
+const ADMITTED: &str = "admitted:";
 use crate::render::{self, Status};
 
 /// How long a timeout whose decision could not be stored waits before it is tried again.
@@ -85,6 +88,10 @@ impl State {
         event: Option<&ChatEvent>,
     ) -> Result<(), Error> {
         let mut queue: VecDeque<Effect> = effects.into();
+        // The reference reserved for the prompt of the approval just stored.
+        let mut reserved: Option<LocalRef> = None;
+        // A held message that could not be stored: its event is tried again.
+        let mut failed: Option<Error> = None;
         while let Some(effect) = queue.pop_front() {
             let follow = match effect {
                 Effect::Status(status) => {
@@ -97,20 +104,21 @@ impl State {
                 Effect::Post { text, buttons } => {
                     let props =
                         self.signed_buttons(&buttons.approval, buttons.step, &buttons.buttons);
-                    let post = match self.live.as_mut() {
-                        Some(live) => match live.replies.create(text, Some(props)).await {
-                            Ok(post) => Some(post),
-                            Err(err) => {
-                                tracing::error!(
-                                    error = &err as &dyn std::error::Error,
-                                    "could not post the request"
-                                );
-                                None
-                            }
-                        },
-                        None => None,
+                    let posted = match self.live.as_mut() {
+                        Some(live) => live.replies.create(text, Some(props)).await.map(Some),
+                        None => Ok(None),
                     };
-                    self.approvals.posted(&buttons.approval, post)
+                    match posted {
+                        Ok(Some(post)) if Some(&post) == reserved.as_ref() => Vec::new(),
+                        Ok(other) => {
+                            tracing::error!(?other, ?reserved, approval = %buttons.approval, "the request's prompt did not get its reserved reference");
+                            self.approvals.unposted(&buttons.approval)
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %common::error_chain(&err), approval = %buttons.approval, "could not post the request");
+                            self.approvals.unposted(&buttons.approval)
+                        }
+                    }
                 }
                 Effect::Update {
                     post,
@@ -126,16 +134,25 @@ impl State {
                     }
                     Vec::new()
                 }
-                Effect::Insert(row) => {
-                    if let Err(err) = self.ctx.records.insert_approval(&row).await {
-                        // The post is out; only the record of it is lost.
-                        tracing::error!(
-                            error = &err as &dyn std::error::Error,
-                            approval = %row.approval_id,
-                            "could not record the approval"
-                        );
+                Effect::Insert(mut row) => {
+                    // The row names the post its prompt will be; it is posted right after.
+                    reserved = self.live.as_ref().map(|live| live.replies.next_ref());
+                    let stored = match &reserved {
+                        Some(post) => {
+                            row.post_ref = i32::try_from(post.seq).unwrap_or(i32::MAX);
+                            self.ctx.records.insert_approval(&row).await
+                        }
+                        None => Ok(()),
+                    };
+                    match stored {
+                        Ok(()) => self.approvals.recorded(&row.approval_id, reserved.clone()),
+                        Err(err) => {
+                            tracing::error!(error = %common::error_chain(&err), approval = %row.approval_id, "could not record the approval");
+                            let follow = self.approvals.recorded(&row.approval_id, None);
+                            failed = Some(Error::Records(err));
+                            follow
+                        }
                     }
-                    Vec::new()
                 }
                 Effect::Rebind {
                     approval,
@@ -218,13 +235,11 @@ impl State {
                     }
                     Vec::new()
                 }
-                Effect::Queue { event, text } => {
-                    self.prompts.push_back(Prompt {
-                        event,
-                        message: None,
-                        text,
-                        retry: false,
-                    });
+                Effect::Admit { approval, event } => {
+                    if let Err(err) = self.admit(&approval, event).await {
+                        tracing::error!(error = %err.chain(), %approval, "could not hand the admitted message back to the thread");
+                        failed = Some(err);
+                    }
                     Vec::new()
                 }
                 Effect::Invite { user_id, username } => {
@@ -242,7 +257,10 @@ impl State {
                 queue.push_front(effect);
             }
         }
-        Ok(())
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// When the earliest pending request times out (or a timeout is tried again).
@@ -339,6 +357,73 @@ impl State {
             .approvals
             .withdrawn(Withdrawal::Interrupted { by: by.to_owned() });
         let _ = self.execute(effects, None).await;
+    }
+
+    /// Hands the outsider's message of `approval` back to the thread as an event of its own
+    /// (`admitted:<approval>`, deduplicated by that id), so it is run as a prompt through
+    /// the thread's durable consumer whoever owns the thread then; then records it
+    /// delivered.
+    pub(super) async fn admit(&self, approval: &str, mut event: ChatEvent) -> Result<(), Error> {
+        event.event_id = format!("{ADMITTED}{approval}");
+        event.thread = self.thread.clone();
+        let payload = event
+            .encode()
+            .map_err(|err| Error::Replies(crate::replies::Error::Encode(err)))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(proto::names::MSG_ID_HEADER, event.event_id.as_str());
+        common::telemetry::inject(&mut headers);
+        let subject = self.ctx.names.event_subject(&self.thread);
+        let js = &self.ctx.fabric.js;
+        js.publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(Error::consumer)?
+            .await
+            .map_err(Error::consumer)?;
+        self.ctx.records.mark_approval_delivered(approval).await?;
+        Ok(())
+    }
+
+    /// Admitted messages a worker decided but did not hand back (it died in between).
+    pub(super) async fn admit_undelivered(&self) {
+        let rows = match self
+            .ctx
+            .records
+            .undelivered_admissions(self.thread.as_str())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %common::error_chain(&err), "could not read admitted messages");
+                return;
+            }
+        };
+        for row in rows {
+            let event = serde_json::from_str::<serde_json::Value>(&row.input)
+                .ok()
+                .and_then(|input| input.get("event").cloned())
+                .and_then(|e| serde_json::from_value::<ChatEvent>(e).ok());
+            let Some(event) = event else { continue };
+            if let Err(err) = self.admit(&row.approval_id, event).await {
+                tracing::warn!(error = %err.chain(), approval = %row.approval_id, "could not hand an admitted message back");
+            }
+        }
+    }
+
+    /// Whether `event` is an outsider's message the owner let in (see [`State::admit`]).
+    pub(super) async fn is_admitted(&self, event: &ChatEvent) -> Result<bool, Error> {
+        let Some(approval) = event.event_id.strip_prefix(ADMITTED) else {
+            return Ok(false);
+        };
+        Ok(self
+            .ctx
+            .records
+            .approval(approval)
+            .await?
+            .is_some_and(|row| {
+                row.thread_id == self.thread.as_str()
+                    && row.kind == "guest"
+                    && row.status == "allowed"
+            }))
     }
 
     /// A message from someone outside the session: ask the owner before running it.
@@ -446,8 +531,16 @@ impl State {
     ) -> Result<(), Error> {
         let row = match self.ctx.records.approval(approval_id).await? {
             Some(row) if row.thread_id == self.thread.as_str() => row,
-            _ => return Ok(()),
+            _ => {
+                // A prompt whose record is gone (or never was): say so, not nothing.
+                self.tell(event, render::unknown_request()).await;
+                return Ok(());
+            }
         };
+        if row.kind == "guest" && row.status == "allowed" && !row.delivered {
+            // Decided by a worker that died before handing the message back.
+            self.admit_undelivered().await;
+        }
         let (owner_id, owner_name) = match &self.live {
             Some(live) => (
                 live.row.started_by.clone(),

@@ -4,42 +4,96 @@ use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 
 use super::*;
+
+/// How often a turn's checkpoint is tried before the thread is told it is not saved
+/// (backoff 0.5 s doubling: about 30 s in all, plus the store client's own retries).
+pub(super) const CHECKPOINT_TRIES: i64 = 6;
 use crate::render::{self};
 use crate::runtime::archive::ChangeKind;
 
 impl State {
-    pub(super) async fn checkpoint(&self, turn: i32) {
+    /// Stores the session's checkpoint as turn `turn`'s and records it. Without a running
+    /// session there is nothing new to store.
+    pub(super) async fn checkpoint(&self, turn: i32) -> Result<(), Error> {
         let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
-            return;
+            return Ok(());
         };
-        match session.checkpoint().await {
-            Ok(bytes) => {
-                let key = format!("checkpoints/{}/turn-{turn:05}.tar.gz", self.thread);
-                let size = bytes.len() as i64;
-                match self
-                    .ctx
-                    .store
-                    .objects()
-                    .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = self
-                            .ctx
-                            .records
-                            .record_checkpoint(
-                                self.thread.as_str(),
-                                turn,
-                                &key,
-                                size,
-                                self.ctx.id.as_str(),
-                            )
-                            .await;
+        let bytes = session.checkpoint().await?;
+        let key = format!("checkpoints/{}/turn-{turn:05}.tar.gz", self.thread);
+        let size = bytes.len() as i64;
+        self.ctx
+            .store
+            .objects()
+            .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
+            .await
+            .map_err(Error::CheckpointStore)?;
+        self.ctx
+            .records
+            .record_checkpoint(self.thread.as_str(), turn, &key, size, self.ctx.id.as_str())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the checkpoint of turn `turn`, trying again with backoff up to
+    /// [`CHECKPOINT_TRIES`] times while the prompt's `message` is kept from redelivery.
+    /// On success nothing is left unsaved; on failure turn `turn` is (see `unsaved`).
+    pub(super) async fn checkpoint_with_retries(
+        &mut self,
+        turn: i32,
+        message: Option<&jetstream::Message>,
+    ) -> Result<(), Error> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.checkpoint(turn).await {
+                Ok(()) => {
+                    self.unsaved = None;
+                    return Ok(());
+                }
+                Err(err) if tries < CHECKPOINT_TRIES && !self.lost.is_cancelled() => {
+                    tracing::warn!(error = %err.chain(), tries, turn, "checkpoint failed; trying again");
+                    if let Some(message) = message {
+                        let _ = message.ack_with(jetstream::AckKind::Progress).await;
                     }
-                    Err(err) => tracing::error!(error = %err, "checkpoint upload failed"),
+                    tokio::select! {
+                        () = self.lost.cancelled() => {}
+                        () = tokio::time::sleep(super::error::backoff(tries)) => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err.chain(), tries, turn, "checkpoint failed");
+                    self.unsaved = Some(turn);
+                    return Err(err);
                 }
             }
-            Err(err) => tracing::error!(error = %err, "checkpoint failed"),
+        }
+    }
+
+    /// Tries once more to store the checkpoint of a turn that could not be saved; tells the
+    /// thread when it is.
+    pub(super) async fn save_unsaved(&mut self) {
+        let Some(turn) = self.unsaved else { return };
+        match self.checkpoint(turn).await {
+            Ok(()) => {
+                self.unsaved = None;
+                tracing::info!(turn, "unsaved checkpoint stored");
+                if let Some(live) = self.live.as_mut() {
+                    let _ = live.replies.create(render::unsaved_saved(turn), None).await;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err.chain(), turn, "checkpoint still failing"),
+        }
+    }
+
+    /// Before the session is let go: its unsaved turn gets a last chance, and the thread is
+    /// told plainly when it is lost.
+    pub(super) async fn save_before_release(&mut self) {
+        let Some(turn) = self.unsaved else { return };
+        if let Err(err) = self.checkpoint_with_retries(turn, None).await {
+            let text = render::unsaved_lost(turn, &err.chain());
+            if let Some(live) = self.live.as_mut() {
+                let _ = live.replies.create(text, None).await;
+            }
         }
     }
 

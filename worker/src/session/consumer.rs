@@ -176,6 +176,7 @@ impl State {
 
     /// Releases the thread: checkpointed session stopped, record updated, lease deleted.
     pub(super) async fn release(&mut self, exit: &ActorExit) {
+        self.save_before_release().await;
         if let Some(mut live) = self.live.take() {
             if let Some(session) = live.session.take()
                 && let Err(err) = session.stop().await

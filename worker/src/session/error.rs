@@ -23,6 +23,8 @@ pub enum Error {
     Runtime(#[from] crate::runtime::Error),
     #[error("the session's checkpoint could not be read")]
     Checkpoint(#[source] object_store::Error),
+    #[error("the session's checkpoint could not be stored")]
+    CheckpointStore(#[source] object_store::Error),
     #[error("the thread's events could not be opened")]
     Consumer(#[source] BoxError),
     #[error("the thread's post references could not be read")]
@@ -38,20 +40,17 @@ impl Error {
             Error::Undecodable(_) | Error::NotAttached => false,
             Error::Records(err) => err.is_retryable(),
             Error::Replies(err) => err.is_retryable(),
-            Error::Runtime(_) | Error::Checkpoint(_) | Error::Consumer(_) | Error::Posts(_) => true,
+            Error::Runtime(_)
+            | Error::Checkpoint(_)
+            | Error::CheckpointStore(_)
+            | Error::Consumer(_)
+            | Error::Posts(_) => true,
         }
     }
 
     /// The error and its causes, for the thread: "what failed: why: why".
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        common::error_chain(self)
     }
 
     pub(crate) fn consumer(err: impl std::error::Error + Send + Sync + 'static) -> Self {

@@ -67,14 +67,13 @@ impl State {
         let participants = records.participants(thread).await.unwrap_or_default();
         if self.live.is_none() {
             let mut replies = Replies::resume(
-                ctx.fabric.js.clone(),
-                &ctx.fabric.replies,
+                &ctx.fabric,
                 &ctx.names,
                 self.thread.clone(),
                 proto::ChannelId::new(row.channel_id.clone()),
                 session_id.clone(),
             )
-            .await;
+            .await?;
             if let Some(previous) = &previous {
                 let _ = replies
                     .create(render::takeover(previous, ctx.id.as_str()), None)
@@ -107,6 +106,8 @@ impl State {
                 status: Status::Starting,
                 participants,
             });
+            // Messages let in while no worker could hand them back.
+            self.admit_undelivered().await;
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ pub enum ActorExit {
     Failed(String),
 }
 
-pub use error::{Error, MAX_DELIVER};
+pub use error::{Error, MAX_DELIVER, backoff};
 
 pub struct ThreadActor {
     ctx: Arc<Ctx>,
@@ -87,6 +87,10 @@ struct Turn {
     transcript: crate::transcript::Transcript,
     started: Instant,
     before: Option<crate::runtime::archive::Manifest>,
+    /// When the CLI last showed anything in this turn.
+    last_output: tokio::time::Instant,
+    /// When the worker told the CLI to stop this turn (over its time).
+    stopping: Option<tokio::time::Instant>,
 }
 
 struct Live {
@@ -147,6 +151,8 @@ impl ThreadActor {
             live_channel: None,
             incarnation: String::new(),
             done: false,
+            lost: lost.clone(),
+            unsaved: None,
         };
         let serve = async {
             let exit = tracing::Instrument::instrument(state.serve(&drain, &lost), span).await;
@@ -164,6 +170,9 @@ impl ThreadActor {
         exit
     }
 }
+
+/// How often a session whose last turn is not saved tries its checkpoint again.
+const UNSAVED_RETRY: Duration = Duration::from_secs(15);
 
 struct State {
     ctx: Arc<Ctx>,
@@ -184,6 +193,11 @@ struct State {
     /// Nothing more to do here (a refused request, a command without a session): give
     /// the slot back once idle.
     done: bool,
+    /// Cancelled when the thread's lease is lost: stop acting for it at once.
+    lost: CancellationToken,
+    /// A finished turn whose checkpoint could not be stored: the session is not let go
+    /// (idle, eviction) until a checkpoint holds it.
+    unsaved: Option<i32>,
 }
 
 async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
@@ -225,13 +239,20 @@ impl State {
             let busy = self.turn.is_some() || !self.prompts.is_empty();
             let idle_at = idle_since + idle_timeout;
             let expiry = self.next_expiry();
+            let turn_deadline = self.turn_deadline();
             tokio::select! {
+                () = tokio::time::sleep_until(turn_deadline.unwrap_or(idle_at)), if turn_deadline.is_some() => {
+                    Box::pin(self.turn_over_time()).await;
+                }
                 () = lost.cancelled() => return ActorExit::LeaseLost,
                 () = drain.cancelled(), if !draining => {
                     draining = true;
                     self.prompts.clear(); // left unacknowledged: the next owner runs them
                 }
-                () = self.ctx.evict_idle.notified(), if !busy && !draining && self.turns_done > 0 => {
+                () = tokio::time::sleep(UNSAVED_RETRY), if self.unsaved.is_some() && !busy => {
+                    Box::pin(self.save_unsaved()).await;
+                }
+                () = self.ctx.evict_idle.notified(), if !busy && !draining && self.turns_done > 0 && self.unsaved.is_none() => {
                     // A queued thread needs this slot; this one sleeps, resumable.
                     if let Some(live) = self.live.as_mut() {
                         let _ = live.replies.create(render::evicted(), None).await;
@@ -239,6 +260,11 @@ impl State {
                     return ActorExit::Idle;
                 }
                 () = tokio::time::sleep_until(idle_at), if !busy && !draining => {
+                    if self.unsaved.is_some() {
+                        // Not let go before its last turn is saved.
+                        idle_since = tokio::time::Instant::now();
+                        continue;
+                    }
                     if self.live.is_some() {
                         let minutes = idle_timeout.as_secs() / 60;
                         if let Some(live) = self.live.as_mut() {
@@ -272,6 +298,9 @@ impl State {
                 }
                 event = next_agent_event(&mut self.live), if self.turn.is_some() => {
                     idle_since = tokio::time::Instant::now();
+                    if let Some(turn) = self.turn.as_mut() {
+                        turn.last_output = idle_since;
+                    }
                     match event {
                         Some(event) => Box::pin(self.on_agent_event(event)).await,
                         None => Box::pin(self.agent_died()).await,
@@ -285,6 +314,18 @@ impl State {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let event = match ChatEvent::decode(&message.payload) {
             Ok(event) => event,
+            Err(proto::Error::UnsupportedVersion { version, .. }) if version > proto::CURRENT => {
+                // Written by an upgraded gateway: this worker leaves the thread's events
+                // where they are until an upgraded worker owns it (rolling upgrade).
+                tracing::warn!(
+                    version,
+                    "event of a newer wire version; waiting for an upgraded worker"
+                );
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+                return;
+            }
             Err(err) => {
                 // Permanent, and nobody to tell: without the event its channel is unknown.
                 let err = Error::Undecodable(err);
@@ -360,7 +401,10 @@ impl State {
                     if self.live.is_none() {
                         self.done = true;
                     }
-                } else if has_session && !self.is_participant(event).await? {
+                } else if has_session
+                    && !self.is_admitted(event).await?
+                    && !self.is_participant(event).await?
+                {
                     self.hold_guest_message(event, &body).await?;
                 } else {
                     return Ok(Routed::Prompt { text: body, retry });

@@ -1,6 +1,9 @@
 //! A turn: the prompt sent to the agent, its streamed output, its end, and a stop.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a CLI told to stop a turn has before it is ended.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 use object_store::path::Path as ObjectPath;
 use proto::ChatEvent;
@@ -27,6 +30,62 @@ impl State {
         };
         // Deny pending questions first so the CLI is not stuck waiting for them.
         self.deny_pending(by).await;
+        if let Err(err) = handle.interrupt().await {
+            tracing::warn!(error = %err, "interrupt failed");
+        }
+    }
+
+    /// When the running turn is over its time: its limit, or its CLI's silence (not while
+    /// it waits for the thread), or the grace after it was told to stop.
+    pub(super) fn turn_deadline(&self) -> Option<tokio::time::Instant> {
+        let turn = self.turn.as_ref()?;
+        if let Some(since) = turn.stopping {
+            return Some(since + STOP_GRACE);
+        }
+        let config = &self.ctx.config.worker;
+        let limit = (config.turn_timeout_s > 0).then(|| {
+            tokio::time::Instant::from_std(turn.started)
+                + Duration::from_secs(config.turn_timeout_s)
+        });
+        let stall = (config.stall_timeout_s > 0 && !self.approvals.is_waiting())
+            .then(|| turn.last_output + Duration::from_secs(config.stall_timeout_s));
+        match (limit, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The running turn is over its time: stop it with a note saying why; if its CLI does
+    /// not stop within [`STOP_GRACE`], end the CLI (the session resumes on the next message).
+    pub(super) async fn turn_over_time(&mut self) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        if turn.stopping.is_some() {
+            tracing::error!("the CLI did not stop in time; ending it");
+            self.agent_died().await;
+            return;
+        }
+        let config = &self.ctx.config.worker;
+        let over_limit = config.turn_timeout_s > 0
+            && turn.started.elapsed() >= Duration::from_secs(config.turn_timeout_s);
+        let note = if over_limit {
+            render::turn_timed_out(config.turn_timeout_s)
+        } else {
+            render::turn_stalled(config.stall_timeout_s)
+        };
+        tracing::warn!(over_limit, "stopping a turn over its time");
+        turn.transcript.stopped(note);
+        turn.stopping = Some(tokio::time::Instant::now());
+        let Some(handle) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.session.as_ref())
+            .map(|session| session.agent_handle())
+        else {
+            return;
+        };
+        self.deny_pending("ccfleet").await;
         if let Err(err) = handle.interrupt().await {
             tracing::warn!(error = %err, "interrupt failed");
         }
@@ -125,6 +184,8 @@ impl State {
             transcript: Transcript::new(),
             started: Instant::now(),
             before,
+            last_output: tokio::time::Instant::now(),
+            stopping: None,
         });
         self.set_status(Status::Working).await;
     }
@@ -194,22 +255,23 @@ impl State {
     }
 
     /// Publishes the turn's answer post: `text`, or what the transcript shows so far.
-    pub(super) async fn publish_answer(&mut self, streaming: bool, text: Option<String>) {
+    pub(super) async fn publish_answer(
+        &mut self,
+        streaming: bool,
+        text: Option<String>,
+    ) -> Result<(), crate::replies::Error> {
         let Some(turn) = self.turn.as_mut() else {
-            return;
+            return Ok(());
         };
         let Some(live) = self.live.as_mut() else {
-            return;
+            return Ok(());
         };
         let text = text.unwrap_or_else(|| turn.transcript.text());
         match &turn.answer {
-            Some(local) => {
-                let _ = live.replies.update(local, text, None, streaming).await;
-            }
+            Some(local) => live.replies.update(local, text, None, streaming).await,
             None => {
-                if let Ok(local) = live.replies.create(text, None).await {
-                    turn.answer = Some(local);
-                }
+                turn.answer = Some(live.replies.create(text, None).await?);
+                Ok(())
             }
         }
     }
@@ -239,7 +301,10 @@ impl State {
                     None => return,
                 };
                 match change {
-                    Change::Answer => self.publish_answer(true, None).await,
+                    Change::Answer => {
+                        // A lost streaming edit is made good by the next one or the final.
+                        let _ = self.publish_answer(true, None).await;
+                    }
                     Change::Todo(text) => self.show_todo(text).await,
                     Change::None => {}
                 }
@@ -294,7 +359,7 @@ impl State {
         let event_id = self.turn.as_ref().map(|t| t.event.event_id.clone());
         self.withdraw_pending(event_id.as_deref()).await;
         let died = self.turn.as_ref().map(|t| t.transcript.died_text());
-        self.publish_answer(false, died).await;
+        let _ = self.publish_answer(false, died).await;
         if let Some(turn) = self.turn.take() {
             let _ = self
                 .ctx
@@ -322,8 +387,26 @@ impl State {
         let number = turn.number;
         let thread = self.thread.to_string();
         let artifacts = self.collect_artifacts(number, turn.before.take()).await;
+        let message = turn.message.take();
         self.turn = Some(turn);
-        self.publish_answer(false, Some(text)).await;
+        // The answer is what the turn was for: until it is published the prompt is not
+        // acknowledged. A worker that loses the thread meanwhile leaves the prompt to the
+        // next owner, which runs it again with a notice.
+        let mut tries = 0;
+        while let Err(err) = self.publish_answer(false, Some(text.clone())).await {
+            tries += 1;
+            tracing::warn!(error = %common::error_chain(&err), tries, "the turn's answer could not be published; trying again");
+            if let Some(message) = &message {
+                let _ = message.ack_with(jetstream::AckKind::Progress).await;
+            }
+            tokio::select! {
+                () = self.lost.cancelled() => {
+                    self.turn = None;
+                    return;
+                }
+                () = tokio::time::sleep(super::error::backoff(tries)) => {}
+            }
+        }
         let turn = self.turn.take().expect("put back above");
         if let Some(block) = artifacts
             && let Some(live) = self.live.as_mut()
@@ -332,10 +415,12 @@ impl State {
         }
         let usage = result.usage;
         // The checkpoint and the turn's record are independent; the event counts as handled
-        // only once the checkpoint that holds its turn is stored.
-        let _ = tokio::join!(
-            self.checkpoint(number),
-            self.ctx.records.finish_turn(
+        // only once the checkpoint that holds its turn is stored, or the thread was told it
+        // could not be.
+        let ctx = self.ctx.clone();
+        let (stored, recorded) = tokio::join!(
+            self.checkpoint_with_retries(number, message.as_ref()),
+            ctx.records.finish_turn(
                 &thread,
                 number,
                 result.duration_ms as i64,
@@ -349,12 +434,32 @@ impl State {
                 result.is_error,
             ),
         );
+        if let Err(err) = recorded {
+            tracing::warn!(error = %common::error_chain(&err), turn = number, "the turn's usage could not be recorded");
+        }
+        if let Err(err) = stored {
+            if self.lost.is_cancelled() {
+                return;
+            }
+            let saved = self
+                .ctx
+                .records
+                .latest_checkpoint(&thread)
+                .await
+                .ok()
+                .flatten()
+                .map(|(turn, _)| turn);
+            let text = render::checkpoint_not_saved(number, saved, &err.chain());
+            if let Some(live) = self.live.as_mut() {
+                let _ = live.replies.create(text, None).await;
+            }
+        }
         let _ = self
             .ctx
             .records
             .mark_handled(&turn.event.event_id, Some(number))
             .await;
-        if let Some(message) = &turn.message {
+        if let Some(message) = &message {
             let _ = message.ack().await;
         }
         self.turns_done = number;

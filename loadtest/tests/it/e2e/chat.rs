@@ -7,33 +7,14 @@ use std::time::Duration;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
-use loadtest::mmsim::client::{BOOTSTRAP_PASSWORD, Client, EventKind, User};
+use loadtest::mmsim::client::EventKind;
 use loadtest::mmsim::model::Post;
 
-use super::support::{answers, bot_posts, eventually, fleet, fleet_with, is_answer, wait_for_post};
+use super::support::{
+    answers, bot_posts, eventually, fleet, fleet_with, is_answer, member, wait_for_post,
+};
 
 const TURN: Duration = Duration::from_secs(90);
-
-/// Another member of the team and channel, logged in.
-async fn member(fleet: &LocalFleet, name: &str) -> User {
-    let admin = &fleet.boot.admin;
-    let user = admin
-        .create_user(name, &format!("{name}@example.com"), BOOTSTRAP_PASSWORD)
-        .await
-        .unwrap();
-    admin
-        .add_team_member(&fleet.boot.team.id, &user.id)
-        .await
-        .unwrap();
-    admin
-        .add_channel_member(fleet.channel_id(), &user.id)
-        .await
-        .unwrap();
-    Client::new(fleet.sim.base_url())
-        .login(name, BOOTSTRAP_PASSWORD)
-        .await
-        .unwrap()
-}
 
 fn has_buttons(post: &Post) -> bool {
     !post.actions().is_empty()

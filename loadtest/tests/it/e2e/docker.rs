@@ -37,6 +37,7 @@ async fn worker_metrics(fleet: &loadtest::fleet::LocalFleet) -> String {
     let server = tokio::spawn(worker::metrics::serve(
         listener,
         fleet.workers[0].metrics.clone(),
+        std::sync::Arc::default(),
         stop.clone(),
     ));
     let response = reqwest::get(format!("http://{addr}/metrics"))

@@ -172,3 +172,343 @@ async fn a_reply_while_the_gateway_cannot_read_thread_membership_is_forwarded_on
     );
     fleet.stop().await;
 }
+
+/// Makes every new key in this fleet's leases bucket fail to be written (the stream is
+/// full, and refuses new messages) while `full`, keeping the keys it has.
+async fn leases_full(env: &TestEnv, full: bool) {
+    let js = async_nats::jetstream::new(env.nats().await);
+    let names = proto::names::Names::new(env.prefix.clone());
+    let kv = js.get_key_value(names.leases_bucket()).await.unwrap();
+    let mut stream = js
+        .get_stream(format!("KV_{}", names.leases_bucket()))
+        .await
+        .unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    if full {
+        kv.put("placeholder", "x".into()).await.unwrap();
+        config.max_messages = i64::try_from(stream.info().await.unwrap().state.messages).unwrap();
+    } else {
+        config.max_messages = -1;
+    }
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_thread_whose_lease_cannot_be_written_is_claimed_once_it_can() {
+    let env = TestEnv::new().await;
+    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    // A first thread makes sure the fleet is up (egress leader elected, worker claiming).
+    let first = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &first.id, TURN, "the first answer", is_answer).await;
+
+    leases_full(&env, true).await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello again", None)
+        .await
+        .unwrap();
+    // Several claim attempts, all failing to write the lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    leases_full(&env, false).await;
+
+    // The failed write was not taken for "someone else holds it": the thread is claimed.
+    wait_for_post(&fleet, &root.id, TURN, "an answer", is_answer).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_holding_what_the_database_refuses_is_answered() {
+    // PostgreSQL's text refuses NUL; a message holding one could never be recorded, and
+    // was tried again for a minute before the thread heard anything.
+    let env = TestEnv::new().await;
+    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello\u{0} there", None)
+        .await
+        .unwrap();
+    wait_for_post(
+        &fleet,
+        &root.id,
+        Duration::from_secs(30),
+        "an answer",
+        is_answer,
+    )
+    .await;
+    let posts = super::support::bot_posts(&fleet, &root.id).await;
+    assert!(
+        !posts.iter().any(|p| p.message.contains("could not handle")),
+        "no failure notice"
+    );
+    let client = env.pool().get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT body FROM inbound_messages WHERE event_id = $1",
+            &[&root.id],
+        )
+        .await
+        .unwrap();
+    let body: String = row.get(0);
+    assert_eq!(body, "@claude say hello\u{FFFD} there", "stored, made safe");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_the_dispatcher_cannot_route_ends_with_a_notice_instead_of_spinning() {
+    let env = TestEnv::new().await;
+    let mut fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the first answer", is_answer).await;
+    // The session is given up: the next reply goes through the dispatcher, which must
+    // read the session record to know the thread has one.
+    fleet.workers.remove(0).stop().await;
+    fleet.add_worker().await.unwrap();
+    let client = env.pool().get().await.unwrap();
+    client
+        .batch_execute("ALTER TABLE sessions RENAME TO sessions_away")
+        .await
+        .unwrap();
+    fleet
+        .demo()
+        .post(fleet.channel_id(), "and once more, please", Some(&root.id))
+        .await
+        .unwrap();
+    let notice = wait_for_post(
+        &fleet,
+        &root.id,
+        Duration::from_secs(150),
+        "a failure notice",
+        |p| {
+            p.message
+                .contains("could not handle this after several tries")
+        },
+    )
+    .await;
+    assert!(notice.message.contains("database"), "{}", notice.message);
+    client
+        .batch_execute("ALTER TABLE sessions_away RENAME TO sessions")
+        .await
+        .unwrap();
+    fleet.stop().await;
+}
+
+/// The turns whose checkpoints are recorded for `thread`, in order.
+async fn checkpointed_turns(env: &TestEnv, thread: &str) -> Vec<i32> {
+    let client = env.pool().get().await.unwrap();
+    client
+        .query(
+            "SELECT turn FROM checkpoints WHERE thread_id = $1 ORDER BY turn",
+            &[&thread],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_turn_whose_checkpoint_cannot_be_stored_is_told_and_saved_before_its_session_is_let_go() {
+    let env = TestEnv::new().await;
+    // This fleet reaches the object store through a proxy the test can cut.
+    let upstream = env
+        .config
+        .object_store
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = loadtest::faults::Proxy::start(upstream).await.unwrap();
+    let endpoint = format!("http://{}", proxy.addr());
+    let mut fleet =
+        super::support::fleet_with(&env, 1, 4, RuntimeKind::Process, "acceptEdits", |c| {
+            c.object_store.endpoint = endpoint;
+        })
+        .await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude [[write:a.txt]] write a", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the first answer", is_answer).await;
+    eventually(TURN, "turn 1's checkpoint", || async {
+        (checkpointed_turns(&env, &root.id).await == [1]).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "[[write:b.txt]] and write b",
+            Some(&root.id),
+        )
+        .await
+        .unwrap();
+    let notice = wait_for_post(
+        &fleet,
+        &root.id,
+        Duration::from_secs(150),
+        "a not-saved notice",
+        |p| p.message.contains("could not be saved"),
+    )
+    .await;
+    assert!(
+        notice.message.contains("turn 2") && notice.message.contains("turn 1"),
+        "says what a takeover would lose: {}",
+        notice.message
+    );
+    assert_eq!(
+        answers(&fleet, &root.id).await.len(),
+        2,
+        "the answer is shown"
+    );
+    assert_eq!(checkpointed_turns(&env, &root.id).await, [1]);
+
+    // The store is back; the worker is told to stop: before it lets the session go, the
+    // unsaved turn is stored, so the next owner continues from it.
+    proxy.restore();
+    fleet.workers.remove(0).stop().await;
+    assert_eq!(checkpointed_turns(&env, &root.id).await, [1, 2]);
+    fleet.stop().await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_prompt_is_shown_only_once_recorded_and_a_click_on_one_without_a_record_is_answered() {
+    let env = TestEnv::new().await;
+    let (fleet, _root, prompt) = waiting_for_permission(&env).await;
+    // By the time the prompt can be seen, its record names it.
+    let client = env.pool().get().await.unwrap();
+    let rows = client
+        .query("SELECT approval_id, post_ref FROM approvals", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one stored request");
+
+    // Its record is lost (say, restored from an older backup): a click is not met with
+    // silence.
+    client.batch_execute("DELETE FROM approvals").await.unwrap();
+    let mut events = fleet.demo().websocket().await.unwrap();
+    fleet.demo().click(&prompt.id, "allow").await.unwrap();
+    let note = events
+        .wait_for(Duration::from_secs(30), |e| {
+            e.kind() == loadtest::mmsim::client::EventKind::EphemeralMessage
+        })
+        .await
+        .expect("an ephemeral note to the clicker");
+    let note = note.post().unwrap().message;
+    assert!(note.contains("not known any more"), "{note}");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn an_admitted_outsider_message_survives_its_worker_dying_before_it_ran() {
+    let env = TestEnv::new().await;
+    let mut fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    let bob = super::support::member(&fleet, "bob").await;
+    let root = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude say hello", None)
+        .await
+        .unwrap();
+    wait_for_post(&fleet, &root.id, TURN, "the first answer", is_answer).await;
+    // Alice's next turn takes a while: bob's message, once let in, waits behind it.
+    fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "[[slow:20000]] take your time",
+            Some(&root.id),
+        )
+        .await
+        .unwrap();
+    bob.post(fleet.channel_id(), "hello from bob", Some(&root.id))
+        .await
+        .unwrap();
+    let held = eventually(TURN, "bob's message held", || async {
+        super::support::bot_posts(&fleet, &root.id)
+            .await
+            .into_iter()
+            .find(|p| !p.actions().is_empty() && p.message.contains("hello from bob"))
+    })
+    .await;
+    fleet.demo().click(&held.id, "guestonce").await.unwrap();
+    let client = env.pool().get().await.unwrap();
+    eventually(TURN, "the decision stored", || async {
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM approvals WHERE kind = 'guest' AND status = 'allowed'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.map(|_| ())
+    })
+    .await;
+    assert!(
+        !fleet
+            .model
+            .message_requests()
+            .iter()
+            .any(|r| r.transcript().contains("hello from bob")),
+        "bob's message has not run yet"
+    );
+    // The worker dies mid-turn; another takes the thread over.
+    fleet.add_worker().await.unwrap();
+    fleet.workers.remove(0).kill();
+
+    eventually(Duration::from_secs(150), "bob's message run", || async {
+        fleet
+            .model
+            .message_requests()
+            .iter()
+            .any(|r| r.transcript().contains("hello from bob"))
+            .then_some(())
+    })
+    .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_turn_over_its_time_is_stopped_with_a_note_and_the_session_goes_on() {
+    let env = TestEnv::new().await;
+    let fleet = super::support::fleet_with(&env, 1, 4, RuntimeKind::Process, "acceptEdits", |c| {
+        c.worker.turn_timeout_s = 5;
+    })
+    .await;
+    let root = fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "@claude [[slow:60000]] take your time",
+            None,
+        )
+        .await
+        .unwrap();
+    let stopped = wait_for_post(&fleet, &root.id, TURN, "the stopped answer", |p| {
+        p.message.contains("ran longer than 5 s")
+    })
+    .await;
+    assert!(stopped.message.contains("Stopped"), "{}", stopped.message);
+    // The slot and the session are still there: the next message is answered.
+    fleet
+        .demo()
+        .post(fleet.channel_id(), "and now quickly", Some(&root.id))
+        .await
+        .unwrap();
+    eventually(TURN, "an answer to the next message", || async {
+        (answers(&fleet, &root.id).await.len() >= 2).then_some(())
+    })
+    .await;
+    fleet.stop().await;
+}

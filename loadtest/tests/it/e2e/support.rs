@@ -5,6 +5,7 @@ use std::time::Duration;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 use loadtest::fleet::{FleetOptions, LocalFleet};
+use loadtest::mmsim::client::{BOOTSTRAP_PASSWORD, Client, User};
 use loadtest::mmsim::model::Post;
 
 pub async fn fleet(
@@ -115,4 +116,25 @@ pub async fn assert_contract(fleet: &LocalFleet) {
         "contract violations: {:#?}",
         report.violations
     );
+}
+
+/// A new user who is a member of the fleet's team and channel, logged in.
+pub async fn member(fleet: &LocalFleet, name: &str) -> User {
+    let admin = &fleet.boot.admin;
+    let user = admin
+        .create_user(name, &format!("{name}@example.com"), BOOTSTRAP_PASSWORD)
+        .await
+        .unwrap();
+    admin
+        .add_team_member(&fleet.boot.team.id, &user.id)
+        .await
+        .unwrap();
+    admin
+        .add_channel_member(fleet.channel_id(), &user.id)
+        .await
+        .unwrap();
+    Client::new(fleet.sim.base_url())
+        .login(name, BOOTSTRAP_PASSWORD)
+        .await
+        .unwrap()
 }

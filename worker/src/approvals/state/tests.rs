@@ -188,7 +188,7 @@ impl World {
     }
 
     /// Carries out `effects` the way the session shell does; returns all effects, the
-    /// follow-ups of `posted` and `decided` included.
+    /// follow-ups of `recorded` and `decided` included.
     fn run(&mut self, effects: Vec<Effect>) -> Vec<Effect> {
         let mut all = Vec::new();
         for effect in effects {
@@ -196,12 +196,16 @@ impl World {
             match effect {
                 Effect::Status(status) => self.statuses.push(status),
                 Effect::Post { text, buttons } => {
+                    // The shell posts the prompt with the reference its row reserved.
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    let approval = buttons.approval.clone();
+                    let row_post = self.rows.get(&buttons.approval).map(|r| r.post_ref);
+                    assert_eq!(
+                        row_post,
+                        Some(seq as i32),
+                        "a prompt is posted only after its row, on its reserved post"
+                    );
                     self.posts.insert(seq, (text, Some(buttons)));
-                    let more = self.core.posted(&approval, Some(post(seq)));
-                    all.extend(self.run(more));
                 }
                 Effect::Update {
                     post,
@@ -210,8 +214,12 @@ impl World {
                 } => {
                     self.posts.insert(post.seq, (text, buttons));
                 }
-                Effect::Insert(row) => {
-                    self.rows.entry(row.approval_id.clone()).or_insert(row);
+                Effect::Insert(mut row) => {
+                    row.post_ref = self.next_seq as i32;
+                    let approval = row.approval_id.clone();
+                    self.rows.entry(approval.clone()).or_insert(row);
+                    let more = self.core.recorded(&approval, Some(post(self.next_seq)));
+                    all.extend(self.run(more));
                 }
                 Effect::Rebind {
                     approval,
@@ -277,7 +285,12 @@ impl World {
                     }
                 }
                 Effect::Tell { user_id, text } => self.tells.push((user_id, text)),
-                Effect::Queue { event, .. } => self.queued.push(event),
+                Effect::Admit { approval, event } => {
+                    self.queued.push(event);
+                    if let Some(row) = self.rows.get_mut(&approval) {
+                        row.delivered = true;
+                    }
+                }
                 Effect::Invite { username, .. } => self.invited.push(username),
             }
         }
@@ -407,8 +420,12 @@ fn a_tool_request_is_posted_stored_and_allowed_by_button() {
     let (request_id, effects) = w.ask(0, 1);
     let (text, buttons) = prompt(Kind::Tool, "Bash", &json!({"command": "ls 1"}), 0);
     assert_eq!(effects[0], Effect::Status(Status::WaitingForApproval));
+    // Stored first, then shown: a click always finds what it answers.
+    assert!(
+        matches!(&effects[1], Effect::Insert(row) if row.request_id == request_id && row.expires_at_ms == 1_000_000 + 600_000)
+    );
     assert_eq!(
-        effects[1],
+        effects[2],
         Effect::Post {
             text,
             buttons: Buttons {
@@ -418,8 +435,9 @@ fn a_tool_request_is_posted_stored_and_allowed_by_button() {
             },
         }
     );
-    assert!(
-        matches!(&effects[2], Effect::Insert(row) if row.post_ref == 1 && row.request_id == request_id && row.expires_at_ms == 1_000_000 + 600_000)
+    assert_eq!(
+        w.rows["a00002"].post_ref, 1,
+        "the row names the prompt's post"
     );
 
     let effects = w.answer(
@@ -777,7 +795,7 @@ fn an_invited_guest_joins_and_their_message_runs() {
     });
     let effects = w.run(effects);
     assert!(
-        matches!(&effects[..], [Effect::Post { .. }, Effect::Insert(row)] if row.kind == "guest" && row.expires_at_ms == 1_000_000 + HELD_FOR_MS)
+        matches!(&effects[..], [Effect::Insert(row), Effect::Post { .. }] if row.kind == "guest" && row.expires_at_ms == 1_000_000 + HELD_FOR_MS)
     );
     assert!(!w.core.is_waiting(), "a held message blocks no turn");
     // The guest may not let themself in.
@@ -807,9 +825,6 @@ fn an_invited_guest_joins_and_their_message_runs() {
     assert_eq!(
         effects[2..],
         [
-            Effect::MarkDelivered {
-                approval: "g1".into()
-            },
             Effect::Update {
                 post: post(1),
                 text,
@@ -819,9 +834,9 @@ fn an_invited_guest_joins_and_their_message_runs() {
                 user_id: "u3".into(),
                 username: "dave".into(),
             },
-            Effect::Queue {
+            Effect::Admit {
+                approval: "g1".into(),
                 event,
-                text: "hello".into(),
             },
         ]
     );
@@ -958,7 +973,7 @@ fn a_cancelled_request_is_withdrawn_once() {
 }
 
 #[test]
-fn a_prompt_that_could_not_be_posted_is_dropped() {
+fn a_request_that_could_not_be_stored_or_shown_is_denied_so_the_cli_stops_waiting() {
     let mut w = World::new();
     let effects = w.core.asked(Asked {
         request: request("r1", 0, 1),
@@ -969,8 +984,38 @@ fn a_prompt_that_could_not_be_posted_is_dropped() {
         incarnation: w.incarnation(),
         now_ms: w.now_ms,
     });
+    assert!(matches!(
+        &effects[..],
+        [Effect::Status(_), Effect::Insert(_)]
+    ));
+    // The row could not be written: nothing is shown, the CLI is denied.
+    let effects = w.core.recorded("a1", None);
+    assert!(
+        matches!(&effects[..], [Effect::Deliver { request_id, answer: crate::agent::PermissionAnswer::Deny { .. }, .. }, Effect::Status(Status::Working)] if request_id == "r1"),
+        "{effects:?}"
+    );
+    assert!(!w.core.is_waiting());
+    // Stored, but its prompt could not be posted: closed and denied.
+    let effects = w.core.asked(Asked {
+        request: request("r3", 0, 3),
+        stored: None,
+        approval: "a3".into(),
+        session_id: Some(SESSION.into()),
+        event_id: w.turn_event(),
+        incarnation: w.incarnation(),
+        now_ms: w.now_ms,
+    });
     assert_eq!(effects.len(), 2);
-    assert!(w.core.posted("a1", None).is_empty());
+    assert!(matches!(
+        &w.core.recorded("a3", Some(post(7)))[..],
+        [Effect::Post { .. }]
+    ));
+    assert!(w.core.is_waiting());
+    let effects = w.core.unposted("a3");
+    assert!(
+        matches!(&effects[..], [Effect::Close { status: "failed", .. }, Effect::Deliver { request_id, .. }, Effect::Status(Status::Working)] if request_id == "r3"),
+        "{effects:?}"
+    );
     assert!(!w.core.is_waiting());
     // Without a live session nothing new is asked.
     let effects = w.core.asked(Asked {
@@ -1365,4 +1410,24 @@ proptest! {
             .filter(|a| a.user_id == "u2" || a.user_id == "u3")
             .all(|a| a.outcome == Outcome::Refused));
     }
+}
+
+#[test]
+fn a_held_message_that_could_not_be_stored_is_held_again_on_its_redelivery() {
+    let mut w = World::new();
+    let event = message("m1", &dave(), "hello");
+    let held = || Held {
+        approval: "g1".into(),
+        session_id: SESSION.into(),
+        owner_name: "alice".into(),
+        event: event.clone(),
+        text: "hello".into(),
+        now_ms: 1_000_000,
+    };
+    assert!(matches!(&w.core.held(held())[..], [Effect::Insert(_)]));
+    assert!(w.core.recorded("g1", None).is_empty());
+    assert!(
+        matches!(&w.core.held(held())[..], [Effect::Insert(_)]),
+        "the event is not taken as handled"
+    );
 }
