@@ -24,6 +24,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0003_thread_cursors",
         sql: include_str!("../migrations/0003_thread_cursors.sql"),
     },
+    Migration {
+        version: "0004_unrestorable_checkpoints",
+        sql: include_str!("../migrations/0004_unrestorable_checkpoints.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -490,21 +494,39 @@ impl Records {
         self.execute(
             "INSERT INTO checkpoints (thread_id, turn, object_key, size_bytes, worker) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (thread_id, turn) DO UPDATE SET object_key = EXCLUDED.object_key,
-                 size_bytes = EXCLUDED.size_bytes, worker = EXCLUDED.worker, created_at = now()",
+                 size_bytes = EXCLUDED.size_bytes, worker = EXCLUDED.worker, created_at = now(),
+                 unrestorable = NULL",
             &[&thread, &turn, &key, &size, &worker],
         )
         .await
         .map(|_| ())
     }
 
-    pub async fn latest_checkpoint(&self, thread: &str) -> Result<Option<(i32, String)>, Error> {
+    /// The thread's checkpoints not known to be unrestorable, latest first: (turn, key).
+    pub async fn restorable_checkpoints(&self, thread: &str) -> Result<Vec<(i32, String)>, Error> {
         let rows = self
             .query(
-                "SELECT turn, object_key FROM checkpoints WHERE thread_id = $1 ORDER BY turn DESC LIMIT 1",
+                "SELECT turn, object_key FROM checkpoints WHERE thread_id = $1 AND unrestorable IS NULL
+                 ORDER BY turn DESC",
                 &[&thread],
             )
             .await?;
-        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Records why a checkpoint could not be restored, so later starts skip it.
+    pub async fn mark_unrestorable(
+        &self,
+        thread: &str,
+        turn: i32,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.execute(
+            "UPDATE checkpoints SET unrestorable = $3 WHERE thread_id = $1 AND turn = $2",
+            &[&thread, &turn, &reason],
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn record_artifact(

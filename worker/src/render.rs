@@ -359,6 +359,46 @@ fn duration_words(seconds: u64) -> String {
     }
 }
 
+/// A checkpoint that could not be restored when the session started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCheckpoint {
+    pub turn: i32,
+    pub reason: String,
+}
+
+/// Checkpoints (latest first) that could not be restored: the session continued from the
+/// checkpoint of turn `restored`, or (`None`) started over without one.
+pub fn checkpoints_lost(lost: &[LostCheckpoint], restored: Option<i32>) -> String {
+    let mut text = String::from(":warning: ");
+    match lost {
+        [one] => text.push_str(&format!(
+            "The checkpoint of turn {} could not be restored ({}). ",
+            one.turn,
+            truncate(&one.reason, 300)
+        )),
+        _ => {
+            text.push_str("These checkpoints could not be restored:\n");
+            for one in lost {
+                text.push_str(&format!(
+                    "- turn {}: {}\n",
+                    one.turn,
+                    truncate(&one.reason, 300)
+                ));
+            }
+            text.push('\n');
+        }
+    }
+    match restored {
+        Some(turn) => text.push_str(&format!(
+            "This session continued from the checkpoint of turn {turn}: what later turns changed in the workspace, and Claude's memory of them, is lost."
+        )),
+        None => text.push_str(
+            "No earlier checkpoint could be restored either, so this session starts over: an empty workspace, and Claude does not remember the conversation so far.",
+        ),
+    }
+    text
+}
+
 pub fn retrying_cut_turn() -> String {
     ":repeat: The previous attempt at this message was cut off when its worker stopped; running it again.".to_owned()
 }
@@ -745,6 +785,27 @@ mod tests {
                 agent_error("authentication_failed", None, "Not logged in"),
                 queued(3),
                 takeover("w1", "w2"),
+                checkpoints_lost(
+                    &[LostCheckpoint {
+                        turn: 3,
+                        reason: "archive entry \"workspace/x\" is not allowed: appears twice"
+                            .into(),
+                    }],
+                    Some(2),
+                ),
+                checkpoints_lost(
+                    &[
+                        LostCheckpoint {
+                            turn: 2,
+                            reason: "the archive cannot be read: invalid gzip header".into(),
+                        },
+                        LostCheckpoint {
+                            turn: 1,
+                            reason: "its file is missing from the object store".into(),
+                        },
+                    ],
+                    None,
+                ),
             ]
             .join("\n\n")
         );

@@ -2,29 +2,58 @@
 //!
 //! A checkpoint is a gzip-compressed tar whose entries all live under `workspace/` (the
 //! CLI's working directory) or `claude/` (its `CLAUDE_CONFIG_DIR`: transcripts, plans,
-//! settings). Restoring refuses absolute paths, `..`, links leaving the tree and entries
-//! outside those two directories. These functions block: call them from
-//! `spawn_blocking`.
+//! settings). It keeps a workspace as it is: directories (empty ones too), regular files
+//! with their permission bits (`0o777`; set-id and sticky bits are dropped) and
+//! modification time, symlinks as symlinks whatever they point at (a symlink is data:
+//! `python -m venv` makes absolute ones), and a file hard-linked inside the tree as a hard
+//! link. Sockets, fifos and devices are left out.
+//!
+//! Restoring reads and checks the whole archive first ([`check`]) and writes nothing
+//! unless every entry passes: each path is relative, without `..`, under `workspace/` or
+//! `claude/` (both directories); a path appears once (directories excepted); nothing lies
+//! below a symlink or a file of the archive; a hard link names an earlier file of the
+//! archive. Writing then never follows a link: every directory on the way is checked not
+//! to be one, files are created new, links are created, never written through. An archive
+//! that is unreadable or refused is [`Error::is_unrestorable`]. These functions block:
+//! call them from `spawn_blocking`.
 
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, Metadata, OpenOptions, Permissions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use tar::EntryType;
 
 /// The checkpoint's top-level directories.
 pub const WORKSPACE: &str = "workspace";
 pub const CLAUDE_STATE: &str = "claude";
+
+/// The permission bits a checkpoint keeps.
+const MODE_BITS: u32 = 0o777;
 
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("archive I/O failed")]
     Io(#[from] std::io::Error),
+    #[error("the archive cannot be read")]
+    Corrupt(#[source] std::io::Error),
     #[error("archive entry {path:?} is not allowed: {reason}")]
     BadEntry { path: String, reason: &'static str },
     #[error("path {path:?} is not a relative path inside the workspace")]
     BadPath { path: String },
+}
+
+impl Error {
+    /// The archive itself is at fault (unreadable, or an entry is refused): restoring it
+    /// again cannot succeed, unlike a failed write.
+    pub fn is_unrestorable(&self) -> bool {
+        matches!(self, Error::Corrupt(_) | Error::BadEntry { .. })
+    }
 }
 
 /// One file of the workspace, as listed by [`Manifest`].
@@ -94,137 +123,519 @@ pub struct ExportedFile {
     pub content: Vec<u8>,
 }
 
-/// Checks that `path` is relative and stays inside its root; returns it normalized.
-pub fn relative_path(path: &str) -> Result<PathBuf, Error> {
-    let bad = || Error::BadPath {
-        path: path.to_owned(),
-    };
+/// `path` without `.` components, if it is relative and has no `..`.
+fn normalized(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
-    for component in Path::new(path).components() {
+    for component in path.components() {
         match component {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            _ => return Err(bad()),
+            _ => return None,
         }
     }
-    if out.as_os_str().is_empty() {
-        return Err(bad());
-    }
-    Ok(out)
+    Some(out)
 }
 
-/// Tars `root/workspace` and `root/claude` into a gzip checkpoint.
+/// Checks that `path` is relative and stays inside its root; returns it normalized.
+pub fn relative_path(path: &str) -> Result<PathBuf, Error> {
+    match normalized(Path::new(path)) {
+        Some(out) if !out.as_os_str().is_empty() => Ok(out),
+        _ => Err(Error::BadPath {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// Whether a normalized path lies under `workspace/` or `claude/` (or is one of them).
+fn in_tree(path: &Path) -> bool {
+    matches!(
+        path.components().next(),
+        Some(Component::Normal(top)) if top == WORKSPACE || top == CLAUDE_STATE
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing a checkpoint.
+
+/// Tars `root/workspace` and `root/claude` into a gzip checkpoint, without following a
+/// link (see the module docs for what it keeps).
 pub fn checkpoint_dir(root: &Path) -> Result<Vec<u8>, Error> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    for dir in [WORKSPACE, CLAUDE_STATE] {
-        let path = root.join(dir);
-        if path.is_dir() {
-            builder.append_dir_all(dir, &path)?;
+    let mut linked = HashMap::new();
+    for top in [WORKSPACE, CLAUDE_STATE] {
+        if let Some(meta) = metadata(&root.join(top))?
+            && meta.is_dir()
+        {
+            append_tree(
+                &mut builder,
+                &root.join(top),
+                Path::new(top),
+                &meta,
+                &mut linked,
+            )?;
         }
     }
     Ok(builder.into_inner()?.finish()?)
 }
 
-/// Checks one entry's path and kind; returns the path relative to the session root.
-fn checked_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<PathBuf>, Error> {
-    let raw = entry.path()?.to_string_lossy().into_owned();
-    let bad = |reason| Error::BadEntry {
-        path: raw.clone(),
-        reason,
-    };
-    let trimmed = raw.trim_start_matches("./");
-    if trimmed.is_empty() || trimmed == "." {
-        return Ok(None);
+/// `symlink_metadata`, `None` for a path that vanished (the agent's processes may still
+/// be deleting files while the checkpoint is taken).
+fn metadata(path: &Path) -> Result<Option<Metadata>, Error> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err.into()),
     }
-    let path = relative_path(trimmed).map_err(|_| bad("absolute or leaves the tree"))?;
-    let top = path.components().next().and_then(|c| match c {
-        Component::Normal(p) => p.to_str(),
-        _ => None,
-    });
-    if !matches!(top, Some(WORKSPACE) | Some(CLAUDE_STATE)) {
-        return Err(bad("outside workspace/ and claude/"));
-    }
-    let kind = entry.header().entry_type();
-    if kind.is_hard_link() {
-        return Err(bad("hard links are not restored"));
-    }
-    if kind.is_symlink() {
-        let target = entry.link_name()?.unwrap_or_default();
-        let target = target.to_string_lossy();
-        if target.starts_with('/') {
-            return Err(bad("absolute symlink"));
-        }
-        // The link must resolve inside the tree, relative to its own directory.
-        let mut depth: i64 = path.components().count() as i64 - 1;
-        for c in Path::new(target.as_ref()).components() {
-            match c {
-                Component::ParentDir => depth -= 1,
-                Component::Normal(_) => depth += 1,
-                _ => {}
-            }
-            if depth < 1 {
-                return Err(bad("symlink leaves the tree"));
-            }
-        }
-    }
-    if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-        return Ok(None);
-    }
-    Ok(Some(path))
 }
 
-/// Extracts a gzip checkpoint into `root` (creating `root/workspace` and `root/claude`).
+fn header(kind: EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode & MODE_BITS);
+    header.set_mtime(mtime);
+    header.set_size(size);
+    header
+}
+
+fn header_of(meta: &Metadata, kind: EntryType, size: u64) -> tar::Header {
+    let mut header = header(
+        kind,
+        meta.mode(),
+        u64::try_from(meta.mtime()).unwrap_or(0),
+        size,
+    );
+    header.set_uid(u64::from(meta.uid()));
+    header.set_gid(u64::from(meta.gid()));
+    header
+}
+
+/// Appends directory `dir` (named `rel` in the archive) and everything below it.
+/// `linked` maps the (device, inode) of files with several names to their first name.
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    meta: &Metadata,
+    linked: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<(), Error> {
+    builder.append_data(
+        &mut header_of(meta, EntryType::Directory, 0),
+        rel,
+        std::io::empty(),
+    )?;
+    let mut children = match std::fs::read_dir(dir) {
+        Ok(children) => children.collect::<Result<Vec<_>, _>>()?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    children.sort_by_key(|child| child.file_name());
+    for child in children {
+        let path = child.path();
+        let rel = rel.join(child.file_name());
+        let Some(meta) = metadata(&path)? else {
+            continue;
+        };
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            append_tree(builder, &path, &rel, &meta, linked)?;
+        } else if kind.is_symlink() {
+            let target = match std::fs::read_link(&path) {
+                Ok(target) => target,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err.into()),
+            };
+            builder.append_link(&mut header_of(&meta, EntryType::Symlink, 0), &rel, target)?;
+        } else if kind.is_file() {
+            let inode = (meta.dev(), meta.ino());
+            if meta.nlink() > 1
+                && let Some(first) = linked.get(&inode)
+            {
+                builder.append_link(&mut header_of(&meta, EntryType::Link, 0), &rel, first)?;
+                continue;
+            }
+            // Not through a link that replaced the file since it was listed.
+            let file = match OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(err)
+                    if err.kind() == std::io::ErrorKind::NotFound
+                        || err.raw_os_error() == Some(nix::libc::ELOOP) =>
+                {
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let size = meta.len();
+            // Exactly the size the header says, even if the file changes meanwhile: a
+            // mismatch would corrupt the archive.
+            let content = file.take(size).chain(std::io::repeat(0)).take(size);
+            builder.append_data(
+                &mut header_of(&meta, EntryType::Regular, size),
+                &rel,
+                content,
+            )?;
+            if meta.nlink() > 1 {
+                linked.insert(inode, rel);
+            }
+        }
+        // Sockets, fifos and devices are not files a checkpoint carries.
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading and checking a checkpoint.
+
+/// What a checkpoint entry makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File,
+    Symlink(PathBuf),
+    /// A hard link to an earlier file of the archive (relative to the session root).
+    HardLink(PathBuf),
+}
+
+/// A checkpoint entry, read from its header.
+#[derive(Debug)]
+struct Item {
+    /// Relative to the session root, normalized.
+    path: PathBuf,
+    node: Node,
+    mode: u32,
+    mtime: u64,
+}
+
+/// Reads one entry's header and checks its own path: `None` for what a checkpoint leaves
+/// out (the archive's root entry, pax global headers, fifos, devices).
+fn read_item<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<Item>, Error> {
+    let raw = entry.path().map_err(Error::Corrupt)?;
+    let name = raw.to_string_lossy().into_owned();
+    let bad = |reason| Error::BadEntry {
+        path: name.clone(),
+        reason,
+    };
+    let path = normalized(&raw).ok_or_else(|| bad("absolute or leaves the tree"))?;
+    let kind = entry.header().entry_type();
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if !in_tree(&path) {
+        return Err(bad("outside workspace/ and claude/"));
+    }
+    let node = match kind {
+        EntryType::Directory => Node::Dir,
+        EntryType::Regular | EntryType::Continuous => Node::File,
+        EntryType::Symlink => {
+            let target = entry
+                .link_name()
+                .map_err(Error::Corrupt)?
+                .filter(|t| !t.as_os_str().is_empty())
+                .ok_or_else(|| bad("symlink without a target"))?;
+            Node::Symlink(target.into_owned())
+        }
+        EntryType::Link => {
+            let target = entry
+                .link_name()
+                .map_err(Error::Corrupt)?
+                .ok_or_else(|| bad("hard link without a target"))?;
+            let target = normalized(&target)
+                .filter(|t| in_tree(t))
+                .ok_or_else(|| bad("hard link to a path outside workspace/ and claude/"))?;
+            Node::HardLink(target)
+        }
+        EntryType::XGlobalHeader | EntryType::Fifo | EntryType::Char | EntryType::Block => {
+            return Ok(None);
+        }
+        _ => return Err(bad("unsupported entry type")),
+    };
+    let header = entry.header();
+    Ok(Some(Item {
+        path,
+        node,
+        mode: header.mode().map_err(Error::Corrupt)? & MODE_BITS,
+        mtime: header.mtime().map_err(Error::Corrupt)?,
+    }))
+}
+
+fn entries_of(checkpoint: &[u8]) -> tar::Archive<flate2::read::GzDecoder<&[u8]>> {
+    tar::Archive::new(flate2::read::GzDecoder::new(checkpoint))
+}
+
+/// What [`check`] remembers of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Reads a whole gzip checkpoint and checks it against the rules in the module docs,
+/// writing nothing. Content is read too, so a truncated or damaged archive is found here
+/// rather than halfway through a restore.
+pub fn check(checkpoint: &[u8]) -> Result<(), Error> {
+    let mut archive = entries_of(checkpoint);
+    let mut seen: BTreeMap<PathBuf, Seen> = BTreeMap::new();
+    for entry in archive.entries().map_err(Error::Corrupt)? {
+        let mut entry = entry.map_err(Error::Corrupt)?;
+        let item = read_item(&entry)?;
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(Error::Corrupt)?;
+        let Some(item) = item else {
+            continue;
+        };
+        let bad = |reason| Error::BadEntry {
+            path: item.path.to_string_lossy().into_owned(),
+            reason,
+        };
+        let kind = match &item.node {
+            Node::Dir => Seen::Dir,
+            Node::File => Seen::File,
+            Node::Symlink(_) => Seen::Symlink,
+            Node::HardLink(target) => match seen.get(target) {
+                Some(Seen::File) => Seen::File,
+                _ => return Err(bad("hard link to something that is not an earlier file")),
+            },
+        };
+        if item.path.components().count() == 1 && kind != Seen::Dir {
+            return Err(bad("workspace/ and claude/ must be directories"));
+        }
+        match seen.entry(item.path.clone()) {
+            MapEntry::Vacant(slot) => {
+                slot.insert(kind);
+            }
+            MapEntry::Occupied(slot) if *slot.get() == Seen::Dir && kind == Seen::Dir => {}
+            MapEntry::Occupied(_) => return Err(bad("appears twice")),
+        }
+    }
+    // The end of the gzip stream holds its checksum: read up to it.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(Error::Corrupt)?;
+    for path in seen.keys() {
+        for ancestor in path.ancestors().skip(1) {
+            match seen.get(ancestor) {
+                Some(Seen::Symlink) => {
+                    return Err(Error::BadEntry {
+                        path: path.to_string_lossy().into_owned(),
+                        reason: "would be written through a symlink",
+                    });
+                }
+                Some(Seen::File) => {
+                    return Err(Error::BadEntry {
+                        path: path.to_string_lossy().into_owned(),
+                        reason: "lies inside a file",
+                    });
+                }
+                Some(Seen::Dir) | None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Restoring a checkpoint into a directory.
+
+/// Makes sure `root/rel` is a directory, creating what is missing, without following a
+/// link: an existing component that is not a real directory is refused.
+fn ensure_dir(root: &Path, rel: &Path) -> Result<(), Error> {
+    let mut current = root.to_path_buf();
+    for component in rel.components() {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::BadEntry {
+                    path: rel.to_string_lossy().into_owned(),
+                    reason: "would be written through a symlink or into a file",
+                });
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&current)?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Makes room for a new file or link at `root/rel` (its parent already checked): an
+/// existing file or link is removed (not followed), a directory is refused.
+fn make_room(root: &Path, rel: &Path) -> Result<PathBuf, Error> {
+    if let Some(parent) = rel.parent() {
+        ensure_dir(root, parent)?;
+    }
+    let dest = root.join(rel);
+    match std::fs::symlink_metadata(&dest) {
+        Ok(meta) if meta.is_dir() => Err(Error::BadEntry {
+            path: rel.to_string_lossy().into_owned(),
+            reason: "would replace a directory",
+        }),
+        Ok(_) => {
+            std::fs::remove_file(&dest)?;
+            Ok(dest)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(dest),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Creates `root/rel` as a new file (never through a link) holding `content`.
+fn write_new_file(root: &Path, rel: &Path, content: &mut impl Read) -> Result<File, Error> {
+    let dest = make_room(root, rel)?;
+    // `create_new` (O_EXCL) does not follow a link at the last component either.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&dest)?;
+    std::io::copy(content, &mut file)?;
+    Ok(file)
+}
+
+/// Extracts a gzip checkpoint into `root` (creating `root/workspace` and `root/claude`),
+/// after [`check`] accepted all of it.
 pub fn restore_dir(checkpoint: &[u8], root: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(root.join(WORKSPACE))?;
-    std::fs::create_dir_all(root.join(CLAUDE_STATE))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(checkpoint));
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(true);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        // `unpack_in` also refuses paths escaping `root`, a second line of defence.
-        if checked_entry(&entry)?.is_some() {
-            entry.unpack_in(root)?;
+    check(checkpoint)?;
+    std::fs::create_dir_all(root)?;
+    for top in [WORKSPACE, CLAUDE_STATE] {
+        ensure_dir(root, Path::new(top))?;
+    }
+    let mut dirs = Vec::new();
+    let mut archive = entries_of(checkpoint);
+    for entry in archive.entries().map_err(Error::Corrupt)? {
+        let mut entry = entry.map_err(Error::Corrupt)?;
+        let Some(item) = read_item(&entry)? else {
+            continue;
+        };
+        match &item.node {
+            Node::Dir => {
+                ensure_dir(root, &item.path)?;
+                dirs.push((item.path, item.mode));
+            }
+            Node::File => {
+                let file = write_new_file(root, &item.path, &mut entry)?;
+                file.set_permissions(Permissions::from_mode(item.mode))?;
+                file.set_modified(UNIX_EPOCH + Duration::from_secs(item.mtime))?;
+            }
+            Node::Symlink(target) => {
+                let dest = make_room(root, &item.path)?;
+                std::os::unix::fs::symlink(target, dest)?;
+            }
+            Node::HardLink(target) => {
+                let dest = make_room(root, &item.path)?;
+                // `link(2)` does not follow a symlink given as the existing name, and
+                // `check` made sure it names a file.
+                std::fs::hard_link(root.join(target), dest)?;
+            }
+        }
+    }
+    // Deepest first, so a read-only directory gets its mode once everything inside it
+    // was written.
+    dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, mode) in dirs {
+        let full = root.join(&path);
+        if std::fs::symlink_metadata(&full)?.is_dir() {
+            std::fs::set_permissions(&full, Permissions::from_mode(mode))?;
         }
     }
     Ok(())
 }
 
 /// Re-encodes a gzip checkpoint as a plain tar with every entry owned by `uid:gid`, after
-/// checking every entry: what the docker runtime uploads into a session volume.
-pub fn checkpoint_to_owned_tar(checkpoint: &[u8], uid: u64, gid: u64) -> Result<Vec<u8>, Error> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(checkpoint));
+/// [`check`] accepted it: what the docker runtime uploads into the session volume mounted
+/// at `mount`.
+///
+/// Docker refuses to extract a relative symlink that resolves outside the directory it
+/// extracts into, so such a link is written as the absolute path it resolves to
+/// (lexically, from `mount`): it points at the same place.
+pub fn checkpoint_to_owned_tar(
+    checkpoint: &[u8],
+    uid: u64,
+    gid: u64,
+    mount: &Path,
+) -> Result<Vec<u8>, Error> {
+    check(checkpoint)?;
+    let mut archive = entries_of(checkpoint);
     let mut out = tar::Builder::new(Vec::new());
-    for top in [WORKSPACE, CLAUDE_STATE] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
+    let owned = |kind, mode, mtime, size| {
+        let mut header = header(kind, mode, mtime, size);
         header.set_uid(uid);
         header.set_gid(gid);
-        header.set_size(0);
-        out.append_data(&mut header, top, std::io::empty())?;
+        header
+    };
+    for top in [WORKSPACE, CLAUDE_STATE] {
+        out.append_data(
+            &mut owned(EntryType::Directory, 0o755, 0, 0),
+            top,
+            std::io::empty(),
+        )?;
     }
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let Some(path) = checked_entry(&entry)? else {
+    for entry in archive.entries().map_err(Error::Corrupt)? {
+        let mut entry = entry.map_err(Error::Corrupt)?;
+        let Some(item) = read_item(&entry)? else {
             continue;
         };
-        let mut header = entry.header().clone();
-        header.set_uid(uid);
-        header.set_gid(gid);
-        let kind = header.entry_type();
-        if kind.is_symlink() {
-            let target = entry.link_name()?.unwrap_or_default().into_owned();
-            out.append_link(&mut header, &path, &target)?;
-        } else {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data)?;
-            out.append_data(&mut header, &path, data.as_slice())?;
+        match &item.node {
+            Node::Dir => out.append_data(
+                &mut owned(EntryType::Directory, item.mode, item.mtime, 0),
+                &item.path,
+                std::io::empty(),
+            )?,
+            Node::File => {
+                let size = entry.size();
+                out.append_data(
+                    &mut owned(EntryType::Regular, item.mode, item.mtime, size),
+                    &item.path,
+                    &mut entry,
+                )?;
+            }
+            Node::Symlink(target) => {
+                let target = extractable_target(mount, &item.path, target);
+                out.append_link(
+                    &mut owned(EntryType::Symlink, 0o777, item.mtime, 0),
+                    &item.path,
+                    target,
+                )?;
+            }
+            Node::HardLink(target) => out.append_link(
+                &mut owned(EntryType::Link, item.mode, item.mtime, 0),
+                &item.path,
+                target,
+            )?,
         }
     }
     Ok(out.into_inner()?)
+}
+
+/// The target to give Docker for the symlink `path` (relative to `mount`): `target`
+/// itself unless it is relative and resolves outside `mount`, then that absolute path.
+fn extractable_target(mount: &Path, path: &Path, target: &Path) -> PathBuf {
+    if target.is_absolute() {
+        return target.to_path_buf();
+    }
+    let mut resolved: Vec<Component<'_>> = mount.components().collect();
+    if let Some(parent) = path.parent() {
+        resolved.extend(parent.components());
+    }
+    for component in target.components() {
+        match component {
+            Component::ParentDir => {
+                if resolved.len() > 1 {
+                    resolved.pop();
+                }
+            }
+            Component::CurDir => {}
+            other => resolved.push(other),
+        }
+    }
+    let resolved: PathBuf = resolved.iter().collect();
+    if resolved.starts_with(mount) {
+        target.to_path_buf()
+    } else {
+        resolved
+    }
 }
 
 /// A tar of `files` (workspace-relative paths) under `workspace/`, owned by `uid:gid`, for
@@ -265,21 +676,31 @@ pub fn files_to_owned_tar(
     Ok(out.into_inner()?)
 }
 
-/// Writes `files` (workspace-relative paths) into the workspace under `root`.
+/// Writes `files` (workspace-relative paths) into the workspace under `root`, never
+/// through a link the agent left there: an existing link or file of that name is replaced.
 pub fn import_dir(root: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    let workspace = root.join(WORKSPACE);
+    std::fs::create_dir_all(&workspace)?;
     for (path, content) in files {
-        let target = root.join(WORKSPACE).join(relative_path(path)?);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&target, content)?;
+        write_new_file(&workspace, &relative_path(path)?, &mut content.as_slice())?;
     }
     Ok(())
 }
 
+/// `name` (an entry or hard link name in Docker's archive of `/session`, `<prefix>/…`)
+/// relative to the session root, if it lies under `workspace/` or `claude/`.
+fn under_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = name
+        .trim_start_matches("./")
+        .strip_prefix(prefix)?
+        .trim_start_matches('/');
+    let top = rest.split('/').next()?;
+    (top == WORKSPACE || top == CLAUDE_STATE).then_some(rest)
+}
+
 /// Turns a plain tar of a session root (entries under `<prefix>/`, as Docker returns the
 /// archive of `/session`) into a gzip checkpoint with entries under `workspace/` and
-/// `claude/`.
+/// `claude/`. Directories, files, symlinks and hard links are kept.
 pub fn session_tar_to_checkpoint(tar_bytes: &[u8], prefix: &str) -> Result<Vec<u8>, Error> {
     let mut archive = tar::Archive::new(tar_bytes);
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -287,24 +708,27 @@ pub fn session_tar_to_checkpoint(tar_bytes: &[u8], prefix: &str) -> Result<Vec<u
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.to_string_lossy().into_owned();
-        let Some(rest) = raw
-            .trim_start_matches("./")
-            .strip_prefix(prefix)
-            .map(|r| r.trim_start_matches('/'))
-        else {
+        let Some(rest) = under_prefix(&raw, prefix).map(str::to_owned) else {
             continue;
         };
-        if rest.is_empty() || !(rest.starts_with(WORKSPACE) || rest.starts_with(CLAUDE_STATE)) {
-            continue;
-        }
         let mut header = entry.header().clone();
-        if header.entry_type().is_symlink() {
+        let kind = header.entry_type();
+        if kind.is_symlink() {
             let target = entry.link_name()?.unwrap_or_default().into_owned();
             out.append_link(&mut header, rest, &target)?;
-        } else if header.entry_type().is_file() || header.entry_type().is_dir() {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data)?;
-            out.append_data(&mut header, rest, data.as_slice())?;
+        } else if kind.is_hard_link() {
+            let target = entry.link_name()?.unwrap_or_default();
+            let target = target.to_string_lossy();
+            match under_prefix(&target, prefix) {
+                Some(target) => out.append_link(&mut header, rest, target)?,
+                // Docker names the first of the file's names inside the archive, so this
+                // does not happen; if it did, the file would be missing, not the checkpoint.
+                None => {
+                    tracing::warn!(path = %rest, target = %target, "hard link to outside the session dropped")
+                }
+            }
+        } else if kind.is_file() || kind.is_dir() {
+            out.append_data(&mut header, rest, &mut entry)?;
         }
     }
     let encoder = out.into_inner()?;
@@ -421,81 +845,4 @@ pub fn export_dir(dir: &Path, paths: &[String]) -> Result<Vec<ExportedFile>, Err
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoint_roundtrip_and_owned_tar() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(src.path().join("workspace/sub")).unwrap();
-        std::fs::create_dir_all(src.path().join("claude/projects")).unwrap();
-        std::fs::write(src.path().join("workspace/sub/a.txt"), "a").unwrap();
-        std::fs::write(src.path().join("claude/projects/s.jsonl"), "{}").unwrap();
-        let checkpoint = checkpoint_dir(src.path()).unwrap();
-        let dst = tempfile::tempdir().unwrap();
-        restore_dir(&checkpoint, dst.path()).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dst.path().join("workspace/sub/a.txt")).unwrap(),
-            "a"
-        );
-        let owned = checkpoint_to_owned_tar(&checkpoint, 1000, 1000).unwrap();
-        let mut archive = tar::Archive::new(owned.as_slice());
-        for entry in archive.entries().unwrap() {
-            assert_eq!(entry.unwrap().header().uid().unwrap(), 1000);
-        }
-        let manifest = manifest_dir(&dst.path().join("workspace")).unwrap();
-        assert_eq!(manifest.files.keys().collect::<Vec<_>>(), vec!["sub/a.txt"]);
-    }
-
-    #[test]
-    fn escaping_entries_are_refused() {
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        let mut header = tar::Header::new_gnu();
-        header.set_size(1);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        // `append_data` refuses `..`, so write the name into the header directly.
-        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"etc/passwd.x\0");
-        header.set_cksum();
-        builder.append(&header, &b"x"[..]).unwrap();
-        let bad = builder.into_inner().unwrap().finish().unwrap();
-        let dst = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            restore_dir(&bad, dst.path()),
-            Err(Error::BadEntry { .. })
-        ));
-        assert!(relative_path("../x").is_err());
-        assert!(relative_path("/etc/passwd").is_err());
-        assert!(relative_path("a/./b").is_ok());
-    }
-
-    #[test]
-    fn manifest_changes() {
-        let entry = |s: &str| FileEntry {
-            size: 1,
-            sha256: s.into(),
-        };
-        let old = Manifest {
-            files: [("a".into(), entry("1")), ("b".into(), entry("1"))].into(),
-        };
-        let new = Manifest {
-            files: [("a".into(), entry("2")), ("c".into(), entry("1"))].into(),
-        };
-        let kinds: Vec<_> = new
-            .changes_since(&old)
-            .into_iter()
-            .map(|c| (c.path, c.kind))
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("a".into(), ChangeKind::Modified),
-                ("b".into(), ChangeKind::Deleted),
-                ("c".into(), ChangeKind::Added)
-            ]
-        );
-    }
-}
+mod tests;

@@ -458,10 +458,15 @@ impl DockerRuntime {
         let id = &spec.session_id;
         if let Some(checkpoint) = spec.restore.clone() {
             let tar = blocking(move || {
-                archive::checkpoint_to_owned_tar(&checkpoint, AGENT_UID, AGENT_UID)
+                archive::checkpoint_to_owned_tar(
+                    &checkpoint,
+                    AGENT_UID,
+                    AGENT_UID,
+                    std::path::Path::new(SESSION_ROOT),
+                )
             })
             .await?
-            .map_err(|source| Error::Archive {
+            .map_err(|source| Error::Restore {
                 session: id.to_string(),
                 source,
             })?;

@@ -71,6 +71,12 @@ pub enum Error {
         #[source]
         source: archive::Error,
     },
+    #[error("session {session}: the checkpoint could not be restored")]
+    Restore {
+        session: String,
+        #[source]
+        source: archive::Error,
+    },
     #[error("session {session}: the CLI did not initialize")]
     Initialize {
         session: String,
@@ -94,10 +100,17 @@ impl Error {
             | Error::Io { .. }
             | Error::Join(_) => true,
             Error::Initialize { source, .. } => source.is_retryable(),
+            Error::Restore { source, .. } => !source.is_unrestorable(),
             Error::ImageMissing { .. } | Error::Archive { .. } | Error::BadSessionId { .. } => {
                 false
             }
         }
+    }
+
+    /// The checkpoint given to restore is at fault (unreadable or refused): starting from
+    /// it again cannot succeed, an earlier checkpoint may.
+    pub fn is_unrestorable(&self) -> bool {
+        matches!(self, Error::Restore { source, .. } if source.is_unrestorable())
     }
 }
 

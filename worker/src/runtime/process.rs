@@ -146,7 +146,7 @@ pub(crate) async fn prepare_root(
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(io(err)),
             }
-            archive::restore_dir(&checkpoint, &root).map_err(|source| Error::Archive {
+            archive::restore_dir(&checkpoint, &root).map_err(|source| Error::Restore {
                 session: session_owned.clone(),
                 source,
             })?;

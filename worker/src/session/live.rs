@@ -8,7 +8,7 @@ use super::*;
 use crate::access::{self};
 use crate::agent::PermissionMode;
 use crate::records::SessionRow;
-use crate::render::{self, Header, Status};
+use crate::render::{self, Header, LostCheckpoint, Status};
 use crate::replies::Replies;
 use crate::runtime::SessionSpec;
 
@@ -112,7 +112,11 @@ impl State {
         Ok(())
     }
 
-    /// Starts the agent of an attached session.
+    /// Starts the agent of an attached session from its latest checkpoint that can be
+    /// restored. One that cannot (unreadable, refused, missing from the store) is passed
+    /// over for the one before; the thread is told which were lost and where the session
+    /// continues, and they are marked so later starts skip them. If none can be restored,
+    /// the session starts over in an empty workspace, and says so.
     pub(super) async fn start_agent(&mut self) -> Result<(), Error> {
         let ctx = self.ctx.clone();
         let records = &ctx.records;
@@ -121,33 +125,88 @@ impl State {
             return Err(Error::NotAttached);
         };
         let session_id = SessionId::new(row.session_id.clone());
-        let restore = match records.latest_checkpoint(thread).await? {
-            Some((_, key)) => match ctx
+        let mut fresh = SessionSpec::new(session_id.clone());
+        fresh.permission_mode = PermissionMode::parse(&row.permission_mode).unwrap_or_default();
+        let mut lost = Vec::new();
+        let mut started = None;
+        for (turn, key) in records.restorable_checkpoints(thread).await? {
+            let bytes = match ctx
                 .store
                 .objects()
                 .get(&ObjectPath::from(key.as_str()))
                 .await
             {
-                Ok(object) => Some(object.bytes().await.map_err(Error::Checkpoint)?),
-                Err(err) => {
-                    tracing::warn!(error = %err, "checkpoint unreadable; starting fresh");
-                    None
+                Ok(object) => object.bytes().await.map_err(Error::Checkpoint)?,
+                Err(object_store::Error::NotFound { .. }) => {
+                    tracing::warn!(turn, key = %key, "checkpoint missing from the store");
+                    lost.push(LostCheckpoint {
+                        turn,
+                        reason: "its file is missing from the object store".into(),
+                    });
+                    continue;
                 }
-            },
-            None => None,
+                Err(err) => return Err(Error::Checkpoint(err)),
+            };
+            let mut spec = fresh.clone();
+            spec.resume = row.cli_session_id.clone();
+            spec.restore = Some(bytes);
+            match ctx.runtime.start(spec).await {
+                Ok(session) => {
+                    started = Some((session, Some(turn)));
+                    break;
+                }
+                Err(err) if err.is_unrestorable() => {
+                    tracing::warn!(
+                        turn,
+                        error = &err as &dyn std::error::Error,
+                        "checkpoint cannot be restored; trying the one before"
+                    );
+                    lost.push(LostCheckpoint {
+                        turn,
+                        reason: causes(&err),
+                    });
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let (session, restored) = match started {
+            Some(started) => started,
+            None => {
+                if !lost.is_empty() {
+                    // What a refused restore left behind is no workspace to continue in.
+                    ctx.runtime.remove_data(&session_id).await?;
+                }
+                (ctx.runtime.start(fresh).await?, None)
+            }
         };
-        let mut spec = SessionSpec::new(session_id);
-        spec.permission_mode = PermissionMode::parse(&row.permission_mode).unwrap_or_default();
-        spec.resume = if restore.is_some() {
-            row.cli_session_id.clone()
-        } else {
-            None
-        };
-        spec.restore = restore;
-        let session = ctx.runtime.start(spec).await?;
         self.incarnation = uuid::Uuid::new_v4().to_string();
-        if let Some(live) = self.live.as_mut() {
-            live.session = Some(session);
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::NotAttached);
+        };
+        live.session = Some(session);
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let notice = render::checkpoints_lost(&lost, restored);
+        // Marked only once the thread was told: a start that fails before tells it again.
+        if let Err(err) = live.replies.create(notice, None).await {
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "the lost-checkpoint notice could not be posted"
+            );
+            return Ok(());
+        }
+        for one in &lost {
+            if let Err(err) = records
+                .mark_unrestorable(thread, one.turn, &one.reason)
+                .await
+            {
+                tracing::warn!(
+                    turn = one.turn,
+                    error = &err as &dyn std::error::Error,
+                    "an unrestorable checkpoint could not be marked"
+                );
+            }
         }
         Ok(())
     }
@@ -277,5 +336,20 @@ impl State {
         });
         let header = live.header.clone();
         let _ = live.replies.update(&header, text, None, false).await;
+    }
+}
+
+/// Why `err` happened, without its own message: "cause: cause".
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
     }
 }

@@ -444,11 +444,10 @@ impl State {
             let saved = self
                 .ctx
                 .records
-                .latest_checkpoint(&thread)
+                .restorable_checkpoints(&thread)
                 .await
                 .ok()
-                .flatten()
-                .map(|(turn, _)| turn);
+                .and_then(|all| all.first().map(|(turn, _)| *turn));
             let text = render::checkpoint_not_saved(number, saved, &err.chain());
             if let Some(live) = self.live.as_mut() {
                 let _ = live.replies.create(text, None).await;

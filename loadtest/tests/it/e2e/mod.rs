@@ -3,6 +3,7 @@
 //! model and the simulator — acting as users through the simulator's public API.
 
 mod chat;
+mod checkpoints;
 mod docker;
 mod entry;
 mod failures;

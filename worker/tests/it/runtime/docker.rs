@@ -197,3 +197,135 @@ async fn an_empty_pool_falls_back_to_a_cold_start() {
     assert_eq!(rt.pool_metrics().hits.get(), 0);
     session.remove().await.unwrap();
 }
+
+/// An image with nothing in it, imported from an empty tar: enough for a container that is
+/// created (to hold a volume) and never started.
+async fn scratch_image(docker: &bollard::Docker) -> &'static str {
+    use futures::TryStreamExt;
+    const IMAGE: &str = "ccfleet-test-scratch";
+    if docker.inspect_image(IMAGE).await.is_ok() {
+        return IMAGE;
+    }
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(IMAGE)
+        .tag("latest")
+        .build();
+    let empty_tar = bytes::Bytes::from(vec![0u8; 1024]);
+    docker
+        .create_image(Some(options), Some(bollard::body_full(empty_tar)), None)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("importing an empty image");
+    IMAGE
+}
+
+/// Docker's own archive code on both ends of a checkpoint — extracting the upload into a
+/// session volume, archiving the volume for the next checkpoint — keeps symlinks (absolute,
+/// and relative ones leaving the volume), hard links, empty directories and modes.
+#[tokio::test]
+async fn a_checkpoint_goes_through_a_docker_volume_with_its_links() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+    use futures::TryStreamExt;
+    use worker::runtime::archive;
+
+    let docker = bollard::Docker::connect_with_local_defaults().expect("Docker is reachable");
+    let image = scratch_image(&docker).await;
+    let name = format!("ccfleet-test-archive-{}", uuid::Uuid::new_v4().simple());
+    docker
+        .create_container(
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                    .name(&name)
+                    .build(),
+            ),
+            ContainerCreateBody {
+                image: Some(format!("{image}:latest")),
+                cmd: Some(vec!["/never-started".to_owned()]),
+                host_config: Some(HostConfig {
+                    mounts: Some(vec![Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(name.clone()),
+                        target: Some("/session".to_owned()),
+                        ..Default::default()
+                    }]),
+                    readonly_rootfs: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let src = tempfile::tempdir().unwrap();
+    let ws = src.path().join(archive::WORKSPACE);
+    std::fs::create_dir_all(ws.join(".venv/bin")).unwrap();
+    std::fs::create_dir_all(ws.join("empty/inner")).unwrap();
+    std::fs::create_dir_all(src.path().join(archive::CLAUDE_STATE)).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", ws.join(".venv/bin/python")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc", ws.join(".venv/up")).unwrap();
+    std::os::unix::fs::symlink("../claude", ws.join("state")).unwrap();
+    std::fs::write(ws.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(ws.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::hard_link(ws.join("run.sh"), ws.join("again.sh")).unwrap();
+    let checkpoint = archive::checkpoint_dir(src.path()).unwrap();
+
+    let upload =
+        archive::checkpoint_to_owned_tar(&checkpoint, 1000, 1000, Path::new("/session")).unwrap();
+    let options = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+        .path("/session")
+        .build();
+    let uploaded = docker
+        .upload_to_container(&name, Some(options), bollard::body_full(upload.into()))
+        .await;
+    let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
+        .path("/session")
+        .build();
+    let downloaded: Vec<bytes::Bytes> = docker
+        .download_from_container(&name, Some(options))
+        .try_collect()
+        .await
+        .unwrap();
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await;
+    let _ = docker
+        .remove_volume(
+            &name,
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await;
+    uploaded.expect("Docker extracts the checkpoint");
+
+    let tar = downloaded.concat();
+    let again = archive::session_tar_to_checkpoint(&tar, "session").unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    archive::restore_dir(&again, dst.path()).unwrap();
+    let ws = dst.path().join(archive::WORKSPACE);
+    let link = |p: &str| std::fs::read_link(ws.join(p)).unwrap();
+    assert_eq!(link(".venv/bin/python"), Path::new("/usr/bin/python3"));
+    // Docker refuses a relative link leaving the volume: it went in as the absolute path
+    // it names.
+    assert_eq!(link(".venv/up"), Path::new("/etc"));
+    assert_eq!(link("state"), Path::new("../claude"));
+    let a = std::fs::metadata(ws.join("run.sh")).unwrap();
+    let b = std::fs::metadata(ws.join("again.sh")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "still one file");
+    assert_eq!((a.nlink(), a.mode() & 0o777), (2, 0o750));
+    assert!(ws.join("empty/inner").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(ws.join("again.sh")).unwrap(),
+        "#!/bin/sh\n"
+    );
+}

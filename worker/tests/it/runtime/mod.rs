@@ -42,6 +42,7 @@ on_every_runtime!(
     plan_is_approved,
     interrupt_ends_a_slow_turn,
     checkpoint_restore_resume,
+    an_unrestorable_checkpoint_is_refused_before_the_cli_starts,
     todo_list_updates,
     api_error_is_reported,
     stop_keeps_the_session,
@@ -299,6 +300,98 @@ async fn checkpoint_restore_resume(h: Harness) {
         assert!(last.messages().len() >= 4, "{}", last.messages().len());
     }
     session.remove().await.unwrap();
+}
+
+async fn an_unrestorable_checkpoint_is_refused_before_the_cli_starts(h: Harness) {
+    let mut spec = h.spec();
+    spec.restore = Some(bytes::Bytes::from_static(b"not a checkpoint"));
+    let err = h
+        .runtime
+        .start(spec.clone())
+        .await
+        .expect_err("an unreadable checkpoint is refused");
+    // What tells the session to try an earlier checkpoint instead of retrying this one.
+    assert!(err.is_unrestorable(), "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    spec.restore = None;
+    let session = h.runtime.start(spec).await.expect("starts without it");
+    session.remove().await.unwrap();
+}
+
+/// Runs `command` through the CLI's Bash tool (allowing it); returns its output.
+async fn bash(session: &mut worker::runtime::Session, command: &str) -> String {
+    let agent = session.agent_handle();
+    agent
+        .send_message(&format!("[[bash:{command}]]"))
+        .await
+        .unwrap();
+    let request = next_permission(session.agent()).await;
+    agent.respond(&request.request_id, allow()).await.unwrap();
+    let (events, result) = turn_result(session.agent()).await;
+    assert!(!result.is_error, "{result:#?}");
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::ToolResult { content, .. } => Some(content.trim().to_owned()),
+            _ => None,
+        })
+        .expect("the command's output")
+}
+
+/// What `python -m venv` and friends leave in a workspace — symlinks absolute or leaving
+/// the tree, hard links, empty directories, modes — comes back from a checkpoint, on the
+/// runtimes that run commands.
+async fn a_workspace_with_links_survives_a_restore(h: Harness) {
+    let spec = h.spec();
+    let mut session = h.runtime.start(spec.clone()).await.unwrap();
+    bash(
+        &mut session,
+        "mkdir -p empty/inner && ln -s /usr/bin venvlink && ln -s ../../../etc up && echo data > orig && ln orig hard && chmod 750 orig && echo made",
+    )
+    .await;
+    let checkpoint = session.checkpoint().await.unwrap();
+    session.remove().await.unwrap();
+
+    let restored = SessionSpec {
+        restore: Some(checkpoint),
+        ..spec
+    };
+    let mut session = h
+        .runtime
+        .start(restored)
+        .await
+        .expect("restored session starts");
+    let seen = bash(
+        &mut session,
+        "echo $(readlink venvlink) $(readlink up) $(stat -c %h orig) $(test orig -ef hard && echo same) $(stat -c %a orig) $(test -d empty/inner && echo emptydir)",
+    )
+    .await;
+    // Docker takes a relative link leaving its volume only as the absolute path it names.
+    let up = if h.kind == Kind::Docker {
+        "/etc"
+    } else {
+        "../../../etc"
+    };
+    assert_eq!(seen, format!("/usr/bin {up} 2 same 750 emptydir"));
+    session.remove().await.unwrap();
+}
+
+mod links {
+    #[tokio::test]
+    async fn process() {
+        super::a_workspace_with_links_survives_a_restore(
+            super::Harness::new(super::Kind::Process).await,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn docker() {
+        super::a_workspace_with_links_survives_a_restore(
+            super::Harness::new(super::Kind::Docker).await,
+        )
+        .await;
+    }
 }
 
 async fn todo_list_updates(h: Harness) {
