@@ -7,4 +7,5 @@ mod docker;
 mod entry;
 mod failures;
 mod fleet;
+mod outage;
 pub mod support;
