@@ -88,7 +88,8 @@ pub struct NatsConfig {
     pub connect_timeout_ms: u64,
     /// JetStream replicas of the streams and buckets the fleet creates.
     pub replicas: usize,
-    /// How long inbound events are kept in the stream.
+    /// How long inbound events and reply operations are kept in their streams (and so how
+    /// long egress keeps a reply waiting while Mattermost does not answer).
     pub events_max_age_s: u64,
     /// The window in which a repeated `Nats-Msg-Id` is dropped.
     pub duplicate_window_s: u64,
@@ -167,6 +168,11 @@ pub struct MattermostConfig {
     pub slash_token: Secret,
     /// Fleet-wide budget of Mattermost API requests per second, shared by all gateways.
     pub requests_per_second: u32,
+    /// Consecutive failed requests (no answer, 5xx) after which egress stops sending and
+    /// only probes Mattermost until it answers again.
+    pub breaker_failures: u32,
+    /// The longest pause between two probes while Mattermost does not answer.
+    pub breaker_max_cooldown_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -410,6 +416,18 @@ impl Config {
         if self.mattermost.requests_per_second == 0 {
             return Err(Error::invalid(
                 "mattermost.requests_per_second",
+                "must be at least 1",
+            ));
+        }
+        if self.mattermost.breaker_failures == 0 {
+            return Err(Error::invalid(
+                "mattermost.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.mattermost.breaker_max_cooldown_s == 0 {
+            return Err(Error::invalid(
+                "mattermost.breaker_max_cooldown_s",
                 "must be at least 1",
             ));
         }

@@ -183,6 +183,16 @@ impl Gateway {
                 bot_user_id: state.bot.id.clone(),
                 store: Some(state.store.clone()),
                 budget: Arc::new(egress::budget::Budget::new(rate, rate)),
+                circuit: Arc::new(egress::breaker::Circuit::new(
+                    egress::breaker::Settings {
+                        failures: state.config.mattermost.breaker_failures,
+                        base_cooldown: egress::breaker::BASE_COOLDOWN,
+                        max_cooldown: Duration::from_secs(
+                            state.config.mattermost.breaker_max_cooldown_s,
+                        ),
+                    },
+                    state.metrics.clone(),
+                )),
                 interval: Duration::from_millis(state.config.gateway.coalesce_interval_ms),
                 lease_ttl: Duration::from_secs(state.config.worker.lease_ttl_s),
                 replica: self.options.replica.clone(),

@@ -32,12 +32,20 @@ pub enum Error {
 }
 
 impl Error {
-    /// Worth retrying: rate limits, server errors, network failures.
+    /// Worth retrying: rate limits, and whatever [`Error::is_unavailable`] covers. Any
+    /// other answer (a 4xx, a body that does not parse) is Mattermost refusing for good.
     pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::RateLimited { .. }) || self.is_unavailable()
+    }
+
+    /// Mattermost did not answer, or answered that it cannot now: a network failure or
+    /// timeout, a 5xx, a 408. What the circuit breaker counts; everything else shows
+    /// that the server is up.
+    pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::RateLimited { .. } | Error::Network { .. } => true,
+            Error::Network { .. } => true,
             Error::Status { status, .. } => *status >= 500 || *status == 408,
-            Error::Body { .. } => false,
+            Error::RateLimited { .. } | Error::Body { .. } => false,
         }
     }
 }

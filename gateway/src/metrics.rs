@@ -22,10 +22,14 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Reply operation created → applied, seconds.
     pub egress_lag: Histogram,
-    /// Reply operations that exhausted their retries.
+    /// Reply operations Mattermost refused for good (or that outlived the replies stream).
     pub dead_letters: Counter,
     /// 1 while this replica is the egress leader.
     pub egress_leader: Gauge,
+    /// The circuit in front of Mattermost: 0 closed, 1 half-open (probing), 2 open.
+    pub circuit_state: Gauge,
+    /// Times the circuit opened (Mattermost stopped answering).
+    pub circuit_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -60,7 +64,7 @@ impl Default for Metrics {
         let dead_letters = Counter::default();
         registry.register(
             "dead_letters",
-            "Reply operations dead-lettered",
+            "Reply operations refused for good and dead-lettered",
             dead_letters.clone(),
         );
         let egress_leader = Gauge::default();
@@ -68,6 +72,18 @@ impl Default for Metrics {
             "egress_leader",
             "1 while this replica applies replies",
             egress_leader.clone(),
+        );
+        let circuit_state = Gauge::default();
+        registry.register(
+            "mattermost_circuit_state",
+            "Circuit in front of Mattermost: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
+        let circuit_opened = Counter::default();
+        registry.register(
+            "mattermost_circuit_opened",
+            "Times the circuit in front of Mattermost opened",
+            circuit_opened.clone(),
         );
         Self {
             registry,
@@ -78,6 +94,8 @@ impl Default for Metrics {
             egress_lag,
             dead_letters,
             egress_leader,
+            circuit_state,
+            circuit_opened,
         }
     }
 }

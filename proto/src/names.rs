@@ -170,6 +170,13 @@ pub fn post_ref_key(local: &LocalRef, part: usize) -> String {
     format!("ref.{}.{}.{part}", local.session, local.seq)
 }
 
+/// Posts-bucket key marking a post an operation of which Mattermost refused for good, once
+/// the thread was told (value `1`): later refusals of the same post are dead-lettered
+/// without another note.
+pub fn refused_post_key(local: &LocalRef) -> String {
+    format!("refused.{}.{}", local.session, local.seq)
+}
+
 /// Posts-bucket key of a session's last applied reply `seq` (decimal text).
 pub fn applied_seq_key(session: &SessionId) -> String {
     format!("applied.{session}")
@@ -210,6 +217,7 @@ mod tests {
         assert_eq!(post_ref_key(&local, 0), "ref.s1.7.0");
         assert_eq!(post_ref_key(&local, 2), "ref.s1.7.2");
         assert_eq!(applied_seq_key(&SessionId::from("s1")), "applied.s1");
+        assert_eq!(refused_post_key(&local), "refused.s1.7");
     }
 
     proptest! {
@@ -226,6 +234,7 @@ mod tests {
                 post_thread_key(&PostId::new(a.clone())),
                 post_ref_key(&local, part),
                 applied_seq_key(&SessionId::new(a.clone())),
+                refused_post_key(&local),
             ];
             for key in &keys {
                 prop_assert!(is_kv_key(key), "{key}");
@@ -243,6 +252,7 @@ mod tests {
             );
             let other = LocalRef { session: SessionId::new(b.clone()), seq };
             prop_assert_eq!(post_ref_key(&local, part) == post_ref_key(&other, part), a == b);
+            prop_assert_eq!(refused_post_key(&local) == refused_post_key(&other), a == b);
         }
     }
 

@@ -5,26 +5,35 @@
 //! lapses. The leader pulls the shared durable consumer of the replies stream, orders each
 //! session's operations by `seq` (a reorder buffer absorbs redeliveries after a failover),
 //! feeds each thread's [`queue::ThreadQueue`] (coalescing, intervals), and applies them
-//! within the fleet's [`budget::Budget`]. A message is acknowledged only after the
-//! operation it carries took effect (or was superseded by one that did, or was
-//! dead-lettered with a note in the thread).
+//! within the fleet's [`budget::Budget`], behind one [`breaker::Circuit`]. A message is
+//! acknowledged only after the operation it carries took effect (or was superseded by one
+//! that did, or was dead-lettered with a note in the thread).
+//!
+//! Failures: an operation Mattermost cannot take now (no answer, 5xx, 408, 429) waits and
+//! is tried again, in its place, for as long as the replies stream keeps it; while
+//! Mattermost does not answer, the circuit lets one probe out per cool-down for the whole
+//! leader, and the messages held meanwhile get in-progress acks so JetStream does not
+//! redeliver them. Only what Mattermost refuses for good (another 4xx) is dead-lettered,
+//! with one note per post in the thread; that note waits out an outage like any other
+//! operation.
 //!
 //! Idempotency across failovers: the KV bucket `<p>_posts` maps local post references to
 //! Mattermost post ids and holds each session's last applied `seq`; creates carry a
 //! `pending_post_id` so Mattermost itself collapses a retried create.
 
+pub mod breaker;
 pub mod budget;
 pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv};
 use common::lease;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use proto::names::{self, Names};
+use proto::names::{self, MSG_ID_HEADER, Names};
 use proto::v1::{Op, PostTarget, ReplyOp};
 use proto::{LocalRef, Message, PostId, SessionId, ThreadId};
 use serde_json::Value;
@@ -35,17 +44,24 @@ use tracing::Instrument;
 
 use crate::mattermost;
 use crate::metrics::Metrics;
+use breaker::Circuit;
 use budget::Budget;
 use queue::{Next, ThreadQueue};
 
 /// Mattermost's limit on a post's message, in characters (runes).
 pub const MAX_POST_CHARS: usize = 16_383;
-/// How long JetStream waits for an ack before redelivering.
+/// How long JetStream waits for an ack before redelivering: how soon a new leader gets
+/// what a lost one held.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often the leader looks for held messages that need an in-progress ack …
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// … and how long a message is held before it gets one (well inside `ACK_WAIT`).
+const PROGRESS_AFTER: Duration = Duration::from_secs(4);
 /// How long an out-of-order operation waits for its predecessor before going out anyway.
 const GAP_WAIT: Duration = Duration::from_secs(25);
-/// Attempts for a 5xx / network failure before dead-lettering.
-const MAX_ATTEMPTS: u32 = 6;
+/// The first wait before an operation is tried again; it doubles up to the circuit's
+/// longest cool-down.
+const RETRY_BASE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,7 +71,7 @@ pub enum Error {
     Messages(#[source] async_nats::jetstream::consumer::StreamError),
 }
 
-/// Why applying one operation failed for good.
+/// Why applying one operation failed.
 #[derive(Debug, thiserror::Error)]
 enum ApplyError {
     #[error(transparent)]
@@ -68,9 +84,17 @@ enum ApplyError {
         #[source]
         source: object_store::Error,
     },
+    #[error("Mattermost did not answer for as long as the replies stream keeps an operation")]
+    Expired(#[source] Box<ApplyError>),
 }
 
 impl ApplyError {
+    /// Mattermost did not answer (what the circuit counts).
+    fn is_unavailable(&self) -> bool {
+        matches!(self, ApplyError::Mattermost(e) if e.is_unavailable())
+    }
+
+    /// Worth trying again later; anything else is refused for good.
     fn is_retryable(&self) -> bool {
         match self {
             ApplyError::Mattermost(e) => e.is_retryable(),
@@ -78,8 +102,39 @@ impl ApplyError {
             ApplyError::Object { source, .. } => {
                 !matches!(source, object_store::Error::NotFound { .. })
             }
+            ApplyError::Expired(_) => false,
         }
     }
+
+    /// The post this failure is about, if the operation has one: the thread is told once
+    /// per post.
+    fn post<'a>(&'a self, op: &'a ReplyOp) -> Option<&'a LocalRef> {
+        match self {
+            ApplyError::UnknownPost(local) => Some(local),
+            _ => match &op.op {
+                Op::CreatePost { local, .. }
+                | Op::UpdatePost { local, .. }
+                | Op::AttachFiles { local, .. } => Some(local),
+                Op::AddReaction { target, .. } | Op::RemoveReaction { target, .. } => {
+                    match target {
+                        PostTarget::Local(local) => Some(local),
+                        PostTarget::Mattermost(_) => None,
+                    }
+                }
+                Op::Ephemeral { .. } => None,
+            },
+        }
+    }
+}
+
+/// What to do after an attempt failed.
+enum Verdict {
+    /// Try again (the wait is over).
+    Retry,
+    /// Refused for good, or kept waiting past the replies' retention: dead-letter it.
+    GiveUp(ApplyError),
+    /// Leadership ended: leave it unacknowledged for the next leader.
+    Stopped,
 }
 
 /// Everything egress needs; cheap to clone.
@@ -94,6 +149,8 @@ pub struct Egress {
     pub bot_user_id: String,
     pub store: Option<common::store::Store>,
     pub budget: Arc<Budget>,
+    /// The circuit in front of Mattermost, shared by every thread.
+    pub circuit: Arc<Circuit>,
     pub interval: Duration,
     pub lease_ttl: Duration,
     pub replica: String,
@@ -183,9 +240,23 @@ impl Egress {
             .map_err(Error::Consumer)?;
         let mut messages = consumer.messages().await.map_err(Error::Messages)?;
         let mut threads: HashMap<ThreadId, mpsc::UnboundedSender<Delivery>> = HashMap::new();
+        let held = Held::default();
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let client = self.js.client();
         loop {
             let message = tokio::select! {
                 () = leading.cancelled() => return Ok(()),
+                _ = progress.tick() => {
+                    // Whatever waits (an outage, its thread's earlier operations) stays
+                    // with this leader instead of being redelivered after the ack wait.
+                    for reply in held.due(std::time::Instant::now(), PROGRESS_AFTER) {
+                        if let Err(err) = client.publish(reply, "+WPI".into()).await {
+                            tracing::warn!(error = %err, "in-progress ack failed");
+                        }
+                    }
+                    continue;
+                }
                 next = messages.next() => match next {
                     Some(Ok(message)) => message,
                     Some(Err(err)) => {
@@ -206,7 +277,13 @@ impl Egress {
             };
             let span = tracing::info_span!("egress", thread_id = %op.thread, session_id = %op.session, seq = op.seq);
             common::telemetry::follow(&span, message.headers.as_ref());
-            let mut delivery = Delivery { op, message, span };
+            let hold = held.hold(&message);
+            let mut delivery = Delivery {
+                op,
+                message,
+                span,
+                _hold: hold,
+            };
             loop {
                 let thread = delivery.op.thread.clone();
                 let sender = threads.entry(thread.clone()).or_insert_with(|| {
@@ -258,8 +335,9 @@ impl Egress {
                         let fresh = done
                             .iter()
                             .all(|d| d.message.info().is_ok_and(|i| i.delivered == 1));
+                        let until = self.kept_until(&done);
                         let applied = self
-                            .apply_with_retries(&op, &mut known, fresh, &leading)
+                            .apply_with_retries(&op, &mut known, fresh, until, &leading)
                             .instrument(span)
                             .await;
                         if !applied {
@@ -368,51 +446,112 @@ impl Egress {
         futures::future::join_all(writes).await;
     }
 
-    /// Applies `op`, retrying what is retryable. Returns `false` only when leadership was
-    /// lost before it could finish (nothing is acknowledged then).
+    /// Until when (Unix ms) the replies stream keeps what `done` carries, so a new leader
+    /// could still get it: the bound of waiting for Mattermost. `None`: kept for ever.
+    fn kept_until(&self, done: &[Delivery]) -> Option<u64> {
+        let max_age = self.replies.cached_info().config.max_age;
+        if max_age.is_zero() {
+            return None;
+        }
+        let published = done
+            .iter()
+            .filter_map(|d| d.message.info().ok())
+            .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+            .max()
+            .unwrap_or_else(common::now_ms);
+        Some(published.saturating_add(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// Applies `op`, waiting out what Mattermost cannot take now and dead-lettering what
+    /// it refuses for good. Returns `false` only when leadership was lost before it could
+    /// finish (nothing is acknowledged then).
     async fn apply_with_retries(
         &self,
         op: &ReplyOp,
         known: &mut Known,
         fresh: bool,
+        until: Option<u64>,
         leading: &CancellationToken,
     ) -> bool {
         let mut attempt = 0;
         loop {
-            if leading.is_cancelled() {
-                return false;
-            }
-            let result = self.apply(op, known, fresh && attempt == 0).await;
+            let version = self.circuit.version();
+            // Leadership lost mid-request: stop at once, the next leader redoes it (creates
+            // are collapsed by their reference and `pending_post_id`).
+            let result = tokio::select! {
+                () = leading.cancelled() => return false,
+                result = self.apply(op, known, fresh && attempt == 0) => result,
+            };
             let err = match result {
                 Ok(()) => return true,
                 Err(err) => err,
             };
-            if let ApplyError::Mattermost(mattermost::Error::RateLimited { retry_after }) = &err {
-                self.metrics.rate_limited.inc();
-                self.budget.pause(*retry_after);
-                continue;
-            }
-            attempt += 1;
-            if !err.is_retryable() || attempt >= MAX_ATTEMPTS {
-                self.dead_letter(op, &err).await;
-                return true;
-            }
-            let backoff = Duration::from_millis(200 * (1 << attempt.min(5)));
-            tracing::warn!(error = %err, attempt, ?backoff, "reply operation failed; retrying");
-            tokio::select! {
-                () = leading.cancelled() => return false,
-                () = tokio::time::sleep(backoff) => {}
+            match self
+                .after_failure(err, &mut attempt, version, until, leading)
+                .await
+            {
+                Verdict::Retry => {}
+                Verdict::GiveUp(err) => return self.dead_letter(op, &err, until, leading).await,
+                Verdict::Stopped => return false,
             }
         }
     }
 
+    /// Decides what follows a failed attempt and waits before a retry: the server's pause
+    /// for a 429; the circuit's cool-down while it is open; else a doubling backoff
+    /// (jittered, capped at the circuit's longest cool-down), cut short when the circuit
+    /// closes after an outage. `version`: the circuit's, taken before the attempt.
+    async fn after_failure(
+        &self,
+        err: ApplyError,
+        attempt: &mut u32,
+        version: u64,
+        until: Option<u64>,
+        leading: &CancellationToken,
+    ) -> Verdict {
+        if let ApplyError::Mattermost(mattermost::Error::RateLimited { retry_after }) = &err {
+            self.metrics.rate_limited.inc();
+            self.budget.pause(*retry_after);
+            return Verdict::Retry;
+        }
+        if !err.is_retryable() {
+            return Verdict::GiveUp(err);
+        }
+        if until.is_some_and(|until| common::now_ms() >= until) {
+            return Verdict::GiveUp(ApplyError::Expired(Box::new(err)));
+        }
+        if err.is_unavailable() && self.circuit.state() != breaker::State::Closed {
+            // The circuit paces retries while Mattermost is down: the next attempt waits in
+            // `admit` for the cool-down, and one caller probes for every thread.
+            tracing::warn!(error = %err, "reply operation failed; it waits for Mattermost");
+            return Verdict::Retry;
+        }
+        // A failure the circuit did not stop at (yet): this operation's own backoff.
+        *attempt += 1;
+        let full = RETRY_BASE
+            .saturating_mul(1 << (*attempt).min(16))
+            .min(self.circuit.max_cooldown());
+        let backoff = full.mul_f64(1.0 - rand::random::<f64>() / 2.0);
+        tracing::warn!(error = %err, attempt = *attempt, ?backoff, "reply operation failed; it waits and is tried again");
+        tokio::select! {
+            () = leading.cancelled() => Verdict::Stopped,
+            () = tokio::time::sleep(backoff) => Verdict::Retry,
+            () = self.circuit.closed_since(version) => Verdict::Retry,
+        }
+    }
+
+    /// Sends one request to Mattermost once the circuit and the budget let it go, and
+    /// tells the circuit whether Mattermost answered.
     async fn call<T>(
         &self,
         name: &'static str,
         call: impl std::future::Future<Output = Result<(T, mattermost::RateInfo), mattermost::Error>>,
     ) -> Result<T, ApplyError> {
+        let pass = self.circuit.admit().await;
+        self.budget.acquire().await;
         match call.await {
             Ok((value, rate)) => {
+                pass.answered();
                 self.metrics.egress_call(name, "ok");
                 if rate.remaining == Some(0)
                     && let Some(reset) = rate.reset
@@ -422,6 +561,11 @@ impl Egress {
                 Ok(value)
             }
             Err(err) => {
+                if err.is_unavailable() {
+                    pass.failed();
+                } else {
+                    pass.answered();
+                }
                 let outcome = match &err {
                     mattermost::Error::RateLimited { .. } => "rate_limited",
                     e if e.is_retryable() => "retryable",
@@ -459,7 +603,6 @@ impl Egress {
             }
             Op::AddReaction { target, emoji } => {
                 let post = self.resolve(known, target).await?;
-                self.budget.acquire().await;
                 self.call("add_reaction", async {
                     self.mattermost
                         .add_reaction(&self.bot_user_id, &post, emoji)
@@ -470,7 +613,6 @@ impl Egress {
             }
             Op::RemoveReaction { target, emoji } => {
                 let post = self.resolve(known, target).await?;
-                self.budget.acquire().await;
                 self.call("remove_reaction", async {
                     self.mattermost
                         .remove_reaction(&self.bot_user_id, &post, emoji)
@@ -480,7 +622,6 @@ impl Egress {
                 .await
             }
             Op::Ephemeral { user, message } => {
-                self.budget.acquire().await;
                 self.call("ephemeral", async {
                     self.mattermost
                         .ephemeral(user.as_str(), channel, root, message)
@@ -528,7 +669,6 @@ impl Egress {
                             });
                         }
                     };
-                    self.budget.acquire().await;
                     let id = self
                         .call(
                             "upload_file",
@@ -575,7 +715,6 @@ impl Egress {
             let props = if part == 0 { props } else { None };
             match existing {
                 Some(post_id) if !(create && part == 0) => {
-                    self.budget.acquire().await;
                     self.call("patch_post", async {
                         self.mattermost
                             .patch_post(&post_id, chunk, props)
@@ -592,7 +731,6 @@ impl Egress {
                     }
                     let pending = format!("ccfleet:{}:{}:{part}", local.session, local.seq);
                     let files = if part == 0 { file_ids } else { &[] };
-                    self.budget.acquire().await;
                     let post = self
                         .call(
                             "create_post",
@@ -650,44 +788,108 @@ impl Egress {
         }
     }
 
-    async fn dead_letter(&self, op: &ReplyOp, err: &ApplyError) {
-        self.metrics.dead_letters.inc();
-        tracing::error!(error = %err, thread_id = %op.thread, seq = op.seq, "reply operation dead-lettered");
+    /// Keeps `op` for the operators (`<P>_DEAD`) and tells the thread, once per post; the
+    /// note waits out an outage like any operation. Returns `false` when leadership was
+    /// lost before the thread was told: nothing is acknowledged and the next leader does
+    /// it again (the dead letter is deduplicated by its message id).
+    async fn dead_letter(
+        &self,
+        op: &ReplyOp,
+        err: &ApplyError,
+        until: Option<u64>,
+        leading: &CancellationToken,
+    ) -> bool {
+        tracing::error!(error = err as &dyn std::error::Error, thread_id = %op.thread, seq = op.seq, "reply operation dead-lettered");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Ccfleet-Error", err.to_string().as_str());
-        if let Ok(bytes) = op.encode() {
-            let publish = self
+        headers.insert(
+            MSG_ID_HEADER,
+            format!("dead:{}:{}", op.session, op.seq).as_str(),
+        );
+        let kept = match op.encode() {
+            Ok(bytes) => match self
                 .js
                 .publish_with_headers(
                     self.names.dead_letter_subject(&op.thread),
                     headers,
                     bytes.into(),
                 )
-                .await;
-            if let Ok(ack) = publish {
-                let _ = ack.await;
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = kept {
+            tracing::error!(%reason, "could not keep the dead letter");
+        }
+        let post = err.post(op);
+        let told = match post {
+            Some(local) => matches!(
+                self.posts.get(names::refused_post_key(local)).await,
+                Ok(Some(_))
+            ),
+            None => false,
+        };
+        if !told {
+            let note = format!(
+                ":warning: Part of this reply could not be delivered to Mattermost ({}). It was kept for the operators as a dead letter.",
+                plain_reason(err)
+            );
+            let pending = match post {
+                Some(local) => format!("ccfleet:dead:{}:{}", local.session, local.seq),
+                None => format!("ccfleet:dead:{}:{}", op.session, op.seq),
+            };
+            let mut attempt = 0;
+            loop {
+                let version = self.circuit.version();
+                let posted = tokio::select! {
+                    () = leading.cancelled() => return false,
+                    posted = self.call(
+                        "dead_letter_note",
+                        self.mattermost.create_post(
+                            op.channel.as_str(),
+                            op.thread.as_str(),
+                            &note,
+                            None,
+                            &[],
+                            &pending,
+                        ),
+                    ) => posted,
+                };
+                let err = match posted {
+                    Ok(_) => {
+                        if let Some(local) = post
+                            && let Err(err) = self
+                                .posts
+                                .put(names::refused_post_key(local), "1".into())
+                                .await
+                        {
+                            tracing::warn!(error = %err, "could not record that the thread was told");
+                        }
+                        break;
+                    }
+                    Err(err) => err,
+                };
+                match self
+                    .after_failure(err, &mut attempt, version, until, leading)
+                    .await
+                {
+                    Verdict::Retry => {}
+                    Verdict::Stopped => return false,
+                    Verdict::GiveUp(err) => {
+                        tracing::error!(
+                            error = &err as &dyn std::error::Error,
+                            "could not tell the thread about a dead letter"
+                        );
+                        break;
+                    }
+                }
             }
         }
-        let note = format!(
-            ":warning: Part of this reply could not be delivered to Mattermost ({}). It was kept for the operators as a dead letter.",
-            plain_reason(err)
-        );
-        self.budget.acquire().await;
-        let pending = format!("ccfleet:dead:{}:{}", op.session, op.seq);
-        if let Err(e) = self
-            .mattermost
-            .create_post(
-                op.channel.as_str(),
-                op.thread.as_str(),
-                &note,
-                None,
-                &[],
-                &pending,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "could not post the dead-letter note either");
-        }
+        self.metrics.dead_letters.inc();
+        true
     }
 }
 
@@ -699,6 +901,9 @@ fn plain_reason(err: &ApplyError) -> String {
         ApplyError::Mattermost(_) => "Mattermost could not be reached".to_owned(),
         ApplyError::UnknownPost(_) => "the post it updates was never created".to_owned(),
         ApplyError::Object { .. } => "a generated file could not be read".to_owned(),
+        ApplyError::Expired(_) => {
+            "Mattermost did not take it for as long as replies are kept".to_owned()
+        }
     }
 }
 
@@ -728,6 +933,83 @@ struct Delivery {
     op: ReplyOp,
     message: jetstream::Message,
     span: tracing::Span,
+    /// Keeps the message in [`Held`] (and so from redelivery) until this is dropped.
+    _hold: Option<Hold>,
+}
+
+/// The replies messages this leader holds unacknowledged, by stream sequence. One that
+/// waits longer than [`PROGRESS_AFTER`] (behind an outage, behind its thread's earlier
+/// operations) gets an in-progress ack every [`PROGRESS_EVERY`], so JetStream's ack wait
+/// bounds how soon a new leader gets a lost leader's messages, never how long an operation
+/// may wait, and a long wait brings no redeliveries.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<HashMap<u64, Holding>>>);
+
+struct Holding {
+    reply: async_nats::Subject,
+    /// Deliveries of this message alive here (a redelivery may meet the original).
+    count: usize,
+    /// Delivered or last told "in progress".
+    touched: std::time::Instant,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Holding>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn hold(&self, message: &jetstream::Message) -> Option<Hold> {
+        let sequence = message.info().ok()?.stream_sequence;
+        let reply = message.reply.clone()?;
+        let now = std::time::Instant::now();
+        self.lock()
+            .entry(sequence)
+            .and_modify(|h| {
+                h.count += 1;
+                h.reply = reply.clone();
+                h.touched = now;
+            })
+            .or_insert(Holding {
+                reply,
+                count: 1,
+                touched: now,
+            });
+        Some(Hold {
+            held: self.clone(),
+            sequence,
+        })
+    }
+
+    /// The ack subjects of messages untouched for `after`, now marked touched.
+    fn due(&self, now: std::time::Instant, after: Duration) -> Vec<async_nats::Subject> {
+        self.lock()
+            .values_mut()
+            .filter(|h| now.saturating_duration_since(h.touched) >= after)
+            .map(|h| {
+                h.touched = now;
+                h.reply.clone()
+            })
+            .collect()
+    }
+}
+
+struct Hold {
+    held: Held,
+    sequence: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock();
+        if let Some(holding) = held.get_mut(&self.sequence) {
+            holding.count -= 1;
+            if holding.count == 0 {
+                held.remove(&self.sequence);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Delivery {

@@ -42,6 +42,9 @@ pub struct Fault500 {
     pub method: Option<String>,
     /// Only this route template (e.g. `"/api/v4/posts/{post_id}/patch"`), if set.
     pub route: Option<String>,
+    /// Only requests made as this user (by its session or access token), if set: the
+    /// bot's requests fail while people keep posting.
+    pub user_id: Option<String>,
 }
 
 /// Runtime faults and limits, settable over `PUT /sim/faults`.
@@ -197,8 +200,14 @@ impl Limits {
         }
     }
 
-    /// Whether to fail this request with an injected 500.
-    pub fn take_fault(&self, method: &str, route: &str) -> bool {
+    /// Whether to fail this request with an injected 500. `user` names who makes it; it
+    /// is asked only when a fault is limited to one user.
+    pub fn take_fault(
+        &self,
+        method: &str,
+        route: &str,
+        user: impl FnOnce() -> Option<String>,
+    ) -> bool {
         if route == "/api/v4/websocket" || !route.starts_with("/api/v4/") {
             return false;
         }
@@ -210,6 +219,11 @@ impl Limits {
             .as_deref()
             .is_some_and(|m| !m.eq_ignore_ascii_case(method))
             || f.route.as_deref().is_some_and(|r| r != route)
+        {
+            return false;
+        }
+        if let Some(only) = f.user_id.as_deref()
+            && user().as_deref() != Some(only)
         {
             return false;
         }
@@ -286,9 +300,25 @@ mod tests {
             }),
             ..Faults::default()
         });
-        assert!(!limits.take_fault("POST", "/api/v4/posts"));
-        assert!(limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch"));
-        assert!(limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch"));
-        assert!(!limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch"));
+        let anyone = || None;
+        assert!(!limits.take_fault("POST", "/api/v4/posts", anyone));
+        assert!(limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch", anyone));
+        assert!(limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch", anyone));
+        assert!(!limits.take_fault("PUT", "/api/v4/posts/{post_id}/patch", anyone));
+    }
+
+    #[test]
+    fn a_fault_for_one_user_spares_the_others() {
+        let limits = Limits::new(Faults {
+            error_500: Some(Fault500 {
+                fraction: 1.0,
+                user_id: Some("bot".into()),
+                ..Fault500::default()
+            }),
+            ..Faults::default()
+        });
+        assert!(limits.take_fault("POST", "/api/v4/posts", || Some("bot".into())));
+        assert!(!limits.take_fault("POST", "/api/v4/posts", || Some("alice".into())));
+        assert!(!limits.take_fault("POST", "/api/v4/posts", || None));
     }
 }

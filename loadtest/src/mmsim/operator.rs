@@ -4,7 +4,8 @@
 //! * `GET /sim/health` — `{"status":"OK"}`.
 //! * `GET /sim/stats` — request counters per method, route template and status, plus the
 //!   number of live WebSocket connections; `DELETE /sim/stats` resets the counters.
-//! * `GET|PUT /sim/faults` — rate limit, latency and injected 500s ([`Faults`]).
+//! * `GET|PUT /sim/faults` — rate limit, latency and injected 500s, for every caller or one
+//!   user ([`Faults`]).
 //! * `GET /sim/contract` — contract check report ([`Report`]); `DELETE` resets it.
 //! * `GET /sim/integrations` — what each call to an integration did.
 //! * `POST /sim/clock/advance` `{"ms":N}` — moves the simulator's clock forward.

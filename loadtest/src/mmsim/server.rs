@@ -268,13 +268,19 @@ async fn front(
     let decision = sh.limits.check_rate(&limit_key);
     let mut resp = match &decision {
         Decision::Limited(_) => limited_response(),
-        _ if sh.limits.take_fault(method.as_str(), &route) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "sim.injected_fault.app_error",
-            "Injected fault.",
-        )
-        .with_detail("the simulator was told to fail this request")
-        .into_response(),
+        _ if sh.limits.take_fault(method.as_str(), &route, || {
+            let token = token_from(req.headers(), req.uri().query())?;
+            sh.read().sessions.get(&token).map(|s| s.user_id.clone())
+        }) =>
+        {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "sim.injected_fault.app_error",
+                "Injected fault.",
+            )
+            .with_detail("the simulator was told to fail this request")
+            .into_response()
+        }
         _ => match &sh.contract {
             Some(checker) if route.starts_with("/api/v4/") && route != "/api/v4/websocket" => {
                 checked(checker, req, next).await

@@ -8,5 +8,6 @@ mod docker;
 mod entry;
 mod failures;
 mod fleet;
+mod outage;
 mod retention;
 pub mod support;
