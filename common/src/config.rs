@@ -97,6 +97,9 @@ pub struct NatsConfig {
     /// fleet, plus a few. Set explicitly because nats-server (2.15+) otherwise limits a
     /// stream to 1000.
     pub max_consumers: u32,
+    /// The wire version this process writes (0: the newest it knows). Pin the older
+    /// version during a rolling upgrade until every process reads the newer one.
+    pub wire_version: u16,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -357,6 +360,18 @@ impl Config {
             return Err(Error::invalid(
                 "nats.max_consumers",
                 "must be at least 100 (one per live session, plus a few)",
+            ));
+        }
+        if self.nats.wire_version != 0
+            && !(proto::MIN_SUPPORTED..=proto::CURRENT).contains(&self.nats.wire_version)
+        {
+            return Err(Error::invalid(
+                "nats.wire_version",
+                format!(
+                    "this build writes versions {}..={} (0: the newest)",
+                    proto::MIN_SUPPORTED,
+                    proto::CURRENT
+                ),
             ));
         }
         if !self.postgres.url.expose().starts_with("postgres://")

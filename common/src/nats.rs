@@ -9,6 +9,8 @@ use crate::config::NatsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("nats.wire_version cannot be written by this build")]
+    WireVersion(#[source] proto::Error),
     #[error("could not connect to NATS at {url}")]
     Connect {
         url: String,
@@ -36,8 +38,10 @@ pub enum Error {
 }
 
 /// Connects with unbounded reconnects; the first connection is retried until
-/// `connect_timeout_ms` has passed.
+/// `connect_timeout_ms` has passed. Pins the wire version this process writes
+/// (`nats.wire_version`).
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
+    proto::pin_write_version(config.wire_version).map_err(Error::WireVersion)?;
     let options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))

@@ -9,6 +9,31 @@ pub const CURRENT: u16 = 1;
 /// The oldest wire version this build still reads.
 pub const MIN_SUPPORTED: u16 = 1;
 
+/// The version this process writes: [`CURRENT`] unless an operator pinned an older one for
+/// a rolling upgrade (`nats.wire_version`), so that processes not yet upgraded can read
+/// everything the upgraded ones write.
+static WRITE_VERSION: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(CURRENT);
+
+/// Pins the version this process writes; `0` means [`CURRENT`]. A version outside
+/// `MIN_SUPPORTED..=CURRENT` is refused.
+pub fn pin_write_version(version: u16) -> Result<(), Error> {
+    let version = if version == 0 { CURRENT } else { version };
+    if !(MIN_SUPPORTED..=CURRENT).contains(&version) {
+        return Err(Error::UnsupportedVersion {
+            version,
+            min: MIN_SUPPORTED,
+            max: CURRENT,
+        });
+    }
+    WRITE_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The version [`Message::encode`] writes.
+pub fn write_version() -> u16 {
+    WRITE_VERSION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What the payload of an envelope holds. Variants are append-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -53,14 +78,28 @@ pub enum Error {
 pub trait Message: Sized + Serialize + for<'de> Deserialize<'de> {
     const KIND: Kind;
 
-    /// Encodes `self` as an envelope of the [`CURRENT`] version.
+    /// Encodes `self` as an envelope of the version this process writes ([`write_version`]).
     fn encode(&self) -> Result<Vec<u8>, Error> {
+        self.encode_as(write_version())
+    }
+
+    /// Encodes `self` as an envelope of `version`. Only version 1 exists, so every
+    /// supported version has the same payload; a version 2 adds a match arm that writes
+    /// the older shape.
+    fn encode_as(&self, version: u16) -> Result<Vec<u8>, Error> {
+        if !(MIN_SUPPORTED..=CURRENT).contains(&version) {
+            return Err(Error::UnsupportedVersion {
+                version,
+                min: MIN_SUPPORTED,
+                max: CURRENT,
+            });
+        }
         let payload = postcard::to_stdvec(self).map_err(|source| Error::Encode {
             kind: Self::KIND,
             source,
         })?;
         let envelope = Envelope {
-            version: CURRENT,
+            version,
             kind: Self::KIND,
             payload,
         };

@@ -15,10 +15,13 @@
 pub mod commands;
 pub mod envelope;
 pub mod ids;
+pub mod kv;
 pub mod names;
 pub mod trace;
 pub mod v1;
 
-pub use envelope::{CURRENT, Envelope, Error, Kind, MIN_SUPPORTED, Message};
+pub use envelope::{
+    CURRENT, Envelope, Error, Kind, MIN_SUPPORTED, Message, pin_write_version, write_version,
+};
 pub use ids::{ChannelId, FileId, LocalRef, PostId, SessionId, ThreadId, UserId, WorkerId};
 pub use v1::{ChatEvent, ReplyOp};

@@ -92,6 +92,9 @@ fn a_bad_value_is_reported_with_its_key() {
     assert!(err.to_string().contains("nats.url"), "{err}");
     let err = load(&[], &[("nats.max_consumers", "10")]).unwrap_err();
     assert!(err.to_string().contains("nats.max_consumers"), "{err}");
+    let future = (proto::CURRENT + 1).to_string();
+    let err = load(&[], &[("nats.wire_version", future.as_str())]).unwrap_err();
+    assert!(err.to_string().contains("nats.wire_version"), "{err}");
 }
 
 #[test]

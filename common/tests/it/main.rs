@@ -7,3 +7,4 @@ mod nats;
 mod pg;
 mod store;
 mod telemetry;
+mod tokens;

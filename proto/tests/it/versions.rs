@@ -50,3 +50,23 @@ fn garbage_is_an_error_not_a_panic() {
     let truncated = &samples::chat_events()[0].1.encode().unwrap()[..10];
     assert!(ChatEvent::decode(truncated).is_err());
 }
+
+#[test]
+fn a_message_is_written_in_a_supported_version_only() {
+    let event = crate::samples::chat_events().remove(0).1;
+    let bytes = event.encode_as(proto::CURRENT).unwrap();
+    assert_eq!(
+        proto::Envelope::decode(&bytes).unwrap().version,
+        proto::CURRENT
+    );
+    assert!(matches!(
+        event.encode_as(proto::CURRENT + 1),
+        Err(proto::Error::UnsupportedVersion { .. })
+    ));
+    assert!(matches!(
+        proto::pin_write_version(proto::CURRENT + 1),
+        Err(proto::Error::UnsupportedVersion { .. })
+    ));
+    proto::pin_write_version(0).unwrap();
+    assert_eq!(proto::write_version(), proto::CURRENT);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use proto::v1::EventBody;
-use proto::{ChatEvent, Message, WorkerId};
+use proto::{ChatEvent, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
@@ -167,7 +167,7 @@ pub(crate) async fn dispatch_one(ctx: &Ctx, event: &ChatEvent) -> Result<(), Err
         .get(event.thread.as_str())
         .await
         .map_err(Error::Lease)?
-        .map(|v| WorkerId::new(String::from_utf8_lossy(&v).into_owned()));
+        .map(|v| proto::kv::lease_holder(&v));
     let starts = starts_session(event);
     let has_session = if lease.is_none() && !starts {
         ctx.records.has_session(event.thread.as_str()).await?

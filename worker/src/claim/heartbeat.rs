@@ -15,12 +15,15 @@ pub(crate) async fn beat(ctx: &Ctx) {
         let claimer = ctx.claimer.lock().expect("claimer lock");
         (claimer.free(), claimer.owned().count())
     };
-    let beat =
-        serde_json::json!({ "free": free, "owned": owned, "max": ctx.config.worker.max_sessions });
+    let beat = proto::kv::Heartbeat {
+        free: free as u64,
+        owned: owned as u64,
+        max: ctx.config.worker.max_sessions as u64,
+    };
     if let Err(err) = ctx
         .fabric
         .workers
-        .put(ctx.id.as_str(), beat.to_string().into())
+        .put(ctx.id.as_str(), beat.encode().into())
         .await
     {
         tracing::warn!(error = %err, "heartbeat failed");
@@ -47,9 +50,9 @@ pub(crate) async fn fleet_free_slots(ctx: &Ctx) -> u64 {
     };
     while let Some(Ok(key)) = keys.next().await {
         if let Ok(Some(value)) = ctx.fabric.workers.get(&key).await
-            && let Ok(beat) = serde_json::from_slice::<serde_json::Value>(&value)
+            && let Some(beat) = proto::kv::Heartbeat::decode(&value)
         {
-            free += beat["free"].as_u64().unwrap_or(0);
+            free += beat.free;
         }
     }
     free

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::jetstream::{self};
 use futures::StreamExt;
-use proto::{ThreadId, WorkerId};
+use proto::ThreadId;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::beat;
@@ -139,12 +139,7 @@ async fn take_lease(ctx: &Ctx, thread: &ThreadId) -> (LeaseResult, u64) {
         Ok(revision) => (LeaseResult::Acquired, revision),
         Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
             match leases.get(thread.as_str()).await {
-                Ok(Some(owner)) => (
-                    LeaseResult::HeldBy(WorkerId::new(
-                        String::from_utf8_lossy(&owner).into_owned(),
-                    )),
-                    0,
-                ),
+                Ok(Some(owner)) => (LeaseResult::HeldBy(proto::kv::lease_holder(&owner)), 0),
                 // Released between our create and our read: try again.
                 Ok(None) => (LeaseResult::Unavailable, 0),
                 Err(err) => {

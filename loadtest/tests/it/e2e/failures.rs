@@ -512,3 +512,62 @@ async fn a_turn_over_its_time_is_stopped_with_a_note_and_the_session_goes_on() {
     .await;
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_of_a_newer_wire_version_is_left_for_an_upgraded_worker_not_dropped() {
+    let env = TestEnv::new().await;
+    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "acceptEdits").await;
+    let names = proto::names::Names::new(env.prefix.clone());
+    let js = async_nats::jetstream::new(env.nats().await);
+    // What an upgraded gateway would write: an envelope of the next version (postcard
+    // writes the version first, as one byte while it is below 128).
+    let thread = proto::ThreadId::new("fromthefuture");
+    let event = proto::ChatEvent {
+        event_id: "future1".into(),
+        thread: thread.clone(),
+        channel: fleet.channel_id().into(),
+        user: proto::v1::User {
+            id: "u1".into(),
+            username: "alice".into(),
+        },
+        received_at_ms: 0,
+        body: proto::v1::EventBody::Message(proto::v1::MessagePosted {
+            post_id: "future1".into(),
+            root_id: None,
+            text: "@claude hello from the future".into(),
+            file_ids: Vec::new(),
+            mentions_bot: true,
+            channel_type: proto::v1::ChannelType::Open,
+            source: proto::v1::Source::WebSocket,
+            create_at_ms: 0,
+        }),
+    };
+    let mut bytes = proto::Message::encode(&event).unwrap();
+    bytes[0] = u8::try_from(proto::CURRENT + 1).unwrap();
+    assert!(matches!(
+        <proto::ChatEvent as proto::Message>::decode(&bytes),
+        Err(proto::Error::UnsupportedVersion { .. })
+    ));
+    js.publish(names.event_subject(&thread), bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Offered again and again (NAK with a delay), never terminated.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut consumer = js
+        .get_stream(names.events_stream())
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&names.dispatch_consumer())
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.num_ack_pending + info.num_pending as usize,
+        1,
+        "{info:?}"
+    );
+    assert!(info.delivered.stream_sequence >= 1);
+    fleet.stop().await;
+}
