@@ -258,6 +258,9 @@ pub struct ModelConfig {
     pub api_key: Secret,
     /// `--model`; empty: the CLI's default.
     pub model: String,
+    /// How often the CLI retries a failed model API call (`CLAUDE_CODE_MAX_RETRIES`);
+    /// 0: the CLI's default (10, which with its backoff waits minutes).
+    pub max_retries: u32,
 }
 
 /// Where configuration comes from, in increasing precedence after the defaults.

@@ -288,6 +288,52 @@ pub fn agent_error(kind: &str, status: Option<u16>, message: &str) -> String {
     format!(":warning: {plain}")
 }
 
+/// The line a turn's answer shows while the CLI waits to retry a failed model API call
+/// (`system/api_retry`): which error, which retry of how many, and when.
+pub fn api_retry(
+    status: Option<u16>,
+    error: &str,
+    attempt: u32,
+    max_retries: u32,
+    delay_ms: u64,
+) -> String {
+    let what = match (error, status) {
+        ("overloaded", _) | (_, Some(529)) => "is overloaded".to_owned(),
+        ("rate_limit", _) | (_, Some(429)) => "is rate-limiting the fleet".to_owned(),
+        ("authentication_failed", _) | (_, Some(401)) | (_, Some(403)) => {
+            "refused the fleet's credentials".to_owned()
+        }
+        (_, Some(status)) if status >= 500 => "had an internal error".to_owned(),
+        ("", _) => "failed".to_owned(),
+        (error, _) => format!("failed ({})", truncate(error, 80)),
+    };
+    let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+    let delay = if delay_ms < 10_000 {
+        format!("{:.1} s", delay_ms as f64 / 1000.0)
+    } else {
+        format!("{} s", delay_ms.div_ceil(1000))
+    };
+    format!(
+        ":hourglass: The model API {what}{status}; retry {attempt} of {max_retries} in {delay}…"
+    )
+}
+
+/// Said after a turn's answer when the model API answered only after `retries` retries.
+pub fn api_retried(retries: u32) -> String {
+    let plural = if retries == 1 { "retry" } else { "retries" };
+    format!("_(after {retries} {plural} of the model API)_")
+}
+
+/// Added to the error that ended a turn when the model API call had been retried.
+pub fn api_gave_up(retries: u32) -> String {
+    let times = if retries == 1 {
+        "once".to_owned()
+    } else {
+        format!("{retries} times")
+    };
+    format!("It was retried {times} before the turn gave up.")
+}
+
 pub fn queued(position: u64) -> String {
     format!(
         ":hourglass: All workers are busy. You are number **{position}** in the queue; this thread starts as soon as a slot frees up."
@@ -783,6 +829,14 @@ mod tests {
                 agent_error("server_error", Some(529), "overloaded"),
                 agent_error("server_error", Some(500), "boom"),
                 agent_error("authentication_failed", None, "Not logged in"),
+                api_retry(Some(529), "overloaded", 1, 2, 503),
+                api_retry(Some(500), "server_error", 3, 10, 16_384),
+                api_retry(Some(429), "rate_limit", 2, 10, 1_221),
+                api_retry(None, "connection reset", 1, 10, 500),
+                api_retried(1),
+                api_retried(2),
+                api_gave_up(1),
+                api_gave_up(2),
                 queued(3),
                 takeover("w1", "w2"),
                 checkpoints_lost(

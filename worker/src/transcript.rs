@@ -9,7 +9,11 @@
 //! Invariants: a complete text block or a shown tool call replaces the streamed partial
 //! text (the block repeats it); blank blocks and tool calls without a line (those shown
 //! elsewhere, like the task list) add nothing; the tail says why the turn ended (stopped
-//! by someone, an agent error, an error result) before the footer.
+//! by someone, an agent error, an error result) before the footer. While the CLI waits to
+//! retry a failed model API call, the streamed answer ends with one line saying so (the
+//! latest retry replaces the one before; anything the model then says removes it); the
+//! final text never shows that line, only how many retries the turn took: after the error
+//! that ended it, or as a note when it went on.
 
 use crate::agent::{Event, TurnResult};
 use crate::render;
@@ -29,9 +33,12 @@ pub struct Transcript {
     partial: String,
     /// The agent's last reported error, in plain words.
     error: Option<String>,
-    /// Who stopped the turn.
     /// Why the turn was stopped, as its answer's last line.
     stopped: Option<String>,
+    /// The model API call the CLI is waiting to retry, as the streamed answer's last line.
+    retrying: Option<String>,
+    /// Retries of model API calls in this turn.
+    retries: u32,
 }
 
 /// What an applied event asks the shell to publish.
@@ -57,10 +64,12 @@ impl Transcript {
     pub fn apply(&mut self, event: &Event) -> Change {
         match event {
             Event::TextDelta { text } => {
+                self.retrying = None;
                 self.partial.push_str(text);
                 Change::Answer
             }
             Event::Text { text, .. } => {
+                self.retrying = None;
                 self.partial.clear();
                 if !text.trim().is_empty() {
                     self.blocks.push(text.clone());
@@ -68,6 +77,7 @@ impl Transcript {
                 Change::Answer
             }
             Event::ToolUse { name, input, .. } => {
+                self.retrying = None;
                 let line = render::tool_use(name, input);
                 if !line.is_empty() {
                     self.partial.clear();
@@ -85,8 +95,20 @@ impl Transcript {
                 Change::None
             }
             Event::TodoUpdate { items } => Change::Todo(render::todo_list(items)),
+            Event::Retry(retry) => {
+                self.retries += 1;
+                self.retrying = Some(render::api_retry(
+                    retry.error_status,
+                    &retry.error,
+                    retry.attempt,
+                    retry.max_retries,
+                    retry.delay_ms,
+                ));
+                Change::Answer
+            }
             // Shown in the tail; the turn's result follows.
             Event::Error(error) => {
+                self.retrying = None;
                 self.error = Some(render::agent_error(
                     &error.kind,
                     error.api_status,
@@ -108,18 +130,19 @@ impl Transcript {
         self.stopped = Some(note);
     }
 
-    /// The answer so far, as streamed.
+    /// The answer so far, as streamed: with the retry line while the CLI waits to retry.
     pub fn text(&self) -> String {
-        self.body(None)
+        self.body(None, self.retrying.as_deref())
     }
 
-    /// The blocks, then `fallback` (taken as a block), then the partial text.
-    fn body(&self, fallback: Option<&str>) -> String {
+    /// The blocks, then `fallback` (taken as a block), then the partial text, then `last`.
+    fn body(&self, fallback: Option<&str>, last: Option<&str>) -> String {
         let mut parts: Vec<&str> = self.blocks.iter().map(String::as_str).collect();
         parts.extend(fallback);
         if !self.partial.is_empty() {
             parts.push(&self.partial);
         }
+        parts.extend(last);
         if parts.is_empty() {
             WORKING.to_owned()
         } else {
@@ -132,22 +155,38 @@ impl Transcript {
     /// footer.
     pub fn final_text(&self, result: &TurnResult) -> String {
         let mut tail = Vec::new();
-        if let Some(note) = &self.stopped {
-            tail.push(note.clone());
+        let error = if self.stopped.is_some() {
+            None
         } else if let Some(error) = &self.error {
-            tail.push(error.clone());
+            Some(error.clone())
         } else if result.is_error && self.blocks.is_empty() {
-            tail.push(render::agent_error(
+            Some(render::agent_error(
                 result.terminal_reason.as_deref().unwrap_or("error"),
                 result.api_error_status,
                 &result.errors.join("; "),
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(note) = &self.stopped {
+            tail.push(note.clone());
+        }
+        let failed = error.is_some();
+        if let Some(error) = error {
+            if self.retries > 0 {
+                tail.push(format!("{error} {}", render::api_gave_up(self.retries)));
+            } else {
+                tail.push(error);
+            }
         }
         let fallback = match &result.result {
             Some(text) if self.blocks.is_empty() && tail.is_empty() => Some(text.as_str()),
             _ => None,
         };
-        let body = self.body(fallback);
+        let body = self.body(fallback, None);
+        if self.retries > 0 && !failed {
+            tail.push(render::api_retried(self.retries));
+        }
         tail.push(render::footer(result));
         format!("{body}\n\n{}", tail.join("\n\n"))
     }
@@ -165,7 +204,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::agent::{AgentError, TodoItem, Usage};
+    use crate::agent::{AgentError, Retry, TodoItem, Usage};
 
     /// How a turn ends in a test.
     enum End<'a> {
@@ -327,6 +366,61 @@ mod tests {
             ],
             End::Result(&failure("api_error", Some(529), &["Overloaded"])),
         ));
+    }
+
+    fn overloaded(attempt: u32, max_retries: u32, delay_ms: u64) -> Event {
+        Event::Retry(Retry {
+            attempt,
+            max_retries,
+            delay_ms,
+            error_status: Some(529),
+            error: "overloaded".into(),
+        })
+    }
+
+    #[test]
+    fn retried_then_answered_snapshot() {
+        insta::assert_snapshot!(check(
+            &[
+                overloaded(1, 10, 503),
+                overloaded(2, 10, 1_221),
+                delta("Hel"),
+                text("Hello."),
+                tool("Read", json!({"file_path": "/workspace/a.txt"})),
+                overloaded(1, 10, 498),
+                text("It says hi."),
+            ],
+            End::Result(&success(None)),
+        ));
+    }
+
+    #[test]
+    fn retries_exhausted_snapshot() {
+        insta::assert_snapshot!(check(
+            &[
+                overloaded(1, 2, 503),
+                overloaded(2, 2, 1_221),
+                Event::Error(AgentError {
+                    kind: "server_error".into(),
+                    message: "API Error: 529 fake 529".into(),
+                    api_status: Some(529),
+                }),
+            ],
+            End::Result(&failure("api_error", Some(529), &[])),
+        ));
+    }
+
+    #[test]
+    fn retries_without_an_error_event_are_told_with_the_result_error() {
+        let mut transcript = Transcript::new();
+        assert_eq!(transcript.apply(&overloaded(1, 1, 500)), Change::Answer);
+        assert!(transcript.text().starts_with(":hourglass: "));
+        let done = transcript.final_text(&failure("api_error", Some(529), &[]));
+        assert!(
+            done.contains("It was retried once before the turn gave up."),
+            "{done}"
+        );
+        assert!(!done.contains(":hourglass: "), "{done}");
     }
 
     #[test]

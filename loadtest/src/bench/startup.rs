@@ -177,6 +177,7 @@ async fn bare_cli(claude: &str, samples: usize, within: Duration) -> Result<Samp
         base_url: model.base_url(),
         api_key: common::config::Secret::new("sk-ant-test-fake"),
         model: "claude-fake-1".into(),
+        max_retries: 0,
     };
     let mut out = Vec::new();
     for i in 0..samples {

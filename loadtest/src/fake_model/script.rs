@@ -27,6 +27,10 @@ pub enum Marker {
     Long(usize),
     /// `[[error:STATUS]]`: answer with that HTTP status.
     Error(u16),
+    /// `[[flaky:STATUS:N]]`: answer the first N requests for this prompt with that HTTP
+    /// status, then as if the marker were not there. The script itself is stateless; the
+    /// server counts (see [`Conversation::flaky`]).
+    Flaky { status: u16, times: u32 },
 }
 
 /// The markers in `prompt`, in order. Unknown or malformed markers are ignored.
@@ -57,6 +61,13 @@ pub fn parse_markers(prompt: &str) -> Vec<Marker> {
                 .ok()
                 .filter(|s| (400..=599).contains(s))
                 .map(Marker::Error),
+            ("flaky", Some(arg)) => arg.split_once(':').and_then(|(status, times)| {
+                let status = status.trim().parse().ok()?;
+                let times = times.trim().parse().ok()?;
+                (400..=599)
+                    .contains(&status)
+                    .then_some(Marker::Flaky { status, times })
+            }),
             _ => None,
         };
         if let Some(marker) = marker {
@@ -240,6 +251,11 @@ impl Conversation {
                     continue;
                 }
                 Marker::Error(status) => return Reply::Error { status: *status },
+                // Counted by the server before it asks for the reply.
+                Marker::Flaky { .. } => {
+                    step += 1;
+                    continue;
+                }
                 Marker::Write(path) => {
                     let path = self.absolute(path);
                     (
@@ -327,6 +343,17 @@ impl Conversation {
             text_duration_ms: duration_ms,
             tool: None,
         }
+    }
+
+    /// The prompt's `[[flaky:STATUS:N]]` marker, if any: (status, N). The server answers
+    /// that status to the first N requests it gets for this prompt.
+    pub fn flaky(&self) -> Option<(u16, u32)> {
+        parse_markers(&self.prompt)
+            .into_iter()
+            .find_map(|m| match m {
+                Marker::Flaky { status, times } => Some((status, times)),
+                _ => None,
+            })
     }
 
     fn absolute(&self, path: &str) -> String {
@@ -427,7 +454,7 @@ mod tests {
     fn markers_in_order() {
         assert_eq!(
             parse_markers(
-                "a [[write:x.txt]] b [[bash:echo hi > out.txt]] [[ask]][[slow:5]] [[nope]] [[long:3]] [[error:529]] [[plan]] [[todo]]"
+                "a [[write:x.txt]] b [[bash:echo hi > out.txt]] [[ask]][[slow:5]] [[nope]] [[long:3]] [[error:529]] [[plan]] [[todo]] [[flaky:529:2]]"
             ),
             vec![
                 Marker::Write("x.txt".into()),
@@ -438,10 +465,15 @@ mod tests {
                 Marker::Error(529),
                 Marker::Plan,
                 Marker::Todo,
+                Marker::Flaky {
+                    status: 529,
+                    times: 2
+                },
             ]
         );
         assert_eq!(parse_markers("no markers [[ here"), vec![]);
         assert_eq!(parse_markers("[[error:200]]"), vec![]);
+        assert_eq!(parse_markers("[[flaky:200:1]] [[flaky:529]]"), vec![]);
     }
 
     fn request(messages: Value) -> Value {
@@ -477,6 +509,26 @@ mod tests {
                 tool: None
             }
         );
+    }
+
+    #[test]
+    fn a_flaky_prompt_names_its_failures_and_answers_normally() {
+        let conv = Conversation::from_request(&request(json!([
+            {"role": "user", "content": "hi [[flaky:529:3]]"}
+        ])));
+        assert_eq!(conv.flaky(), Some((529, 3)));
+        assert_eq!(
+            conv.reply("r"),
+            Reply::Message {
+                text: "Done.".into(),
+                text_duration_ms: 0,
+                tool: None
+            }
+        );
+        let plain = Conversation::from_request(&request(json!([
+            {"role": "user", "content": "hi"}
+        ])));
+        assert_eq!(plain.flaky(), None);
     }
 
     #[test]

@@ -84,6 +84,8 @@ fn collect_text(value: &Value, out: &mut String) {
 #[derive(Debug, Default)]
 struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests answered with an error so far, per prompt with a `[[flaky:…]]` marker.
+    flaky: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// A running fake model API. Cheap to clone; [`FakeModel::shutdown`] stops the server and
@@ -262,7 +264,7 @@ async fn messages(
                 "x-api-key header is required",
             ),
         ),
-        Ok(body) => answer(body),
+        Ok(body) => answer(&shared, body),
     };
     let record = RecordedRequest {
         method: method.to_string(),
@@ -290,8 +292,16 @@ async fn messages(
     response
 }
 
-fn answer(body: &Value) -> (u16, Response) {
+fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
     let conversation = Conversation::from_request(body);
+    if let Some((status, times)) = conversation.flaky() {
+        let mut failed = lock(&shared.flaky);
+        let count = failed.entry(conversation.prompt.clone()).or_default();
+        if *count < times {
+            *count += 1;
+            return error_status(status);
+        }
+    }
     let random = uuid::Uuid::new_v4().simple().to_string();
     let model = body
         .get("model")
@@ -299,13 +309,7 @@ fn answer(body: &Value) -> (u16, Response) {
         .unwrap_or("claude-fake")
         .to_owned();
     match conversation.reply(&random[..20]) {
-        Reply::Error { status } => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (
-                status,
-                error_response(code, error_type(status), &format!("fake {status}")),
-            )
-        }
+        Reply::Error { status } => error_status(status),
         Reply::Message {
             text,
             text_duration_ms,
@@ -335,6 +339,14 @@ fn answer(body: &Value) -> (u16, Response) {
             (200, response)
         }
     }
+}
+
+fn error_status(status: u16) -> (u16, Response) {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        error_response(code, error_type(status), &format!("fake {status}")),
+    )
 }
 
 struct FakeMessage {

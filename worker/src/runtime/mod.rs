@@ -147,6 +147,8 @@ pub struct ModelEnv {
     pub api_key: Secret,
     /// `--model`; empty: the CLI's default.
     pub model: String,
+    /// `CLAUDE_CODE_MAX_RETRIES`; 0: the CLI's default.
+    pub max_retries: u32,
 }
 
 impl From<&ModelConfig> for ModelEnv {
@@ -155,6 +157,7 @@ impl From<&ModelConfig> for ModelEnv {
             base_url: model.base_url.clone(),
             api_key: model.api_key.clone(),
             model: model.model.clone(),
+            max_retries: model.max_retries,
         }
     }
 }
@@ -197,6 +200,12 @@ pub fn cli_env(model: &ModelEnv, config_dir: &str) -> BTreeMap<String, String> {
         env.insert("ANTHROPIC_BASE_URL".into(), model.base_url.clone());
     }
     env.insert("CLAUDE_CONFIG_DIR".into(), config_dir.to_owned());
+    if model.max_retries > 0 {
+        env.insert(
+            "CLAUDE_CODE_MAX_RETRIES".into(),
+            model.max_retries.to_string(),
+        );
+    }
     for (key, value) in [
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
         ("DISABLE_AUTOUPDATER", "1"),

@@ -295,6 +295,7 @@ impl State {
             | Event::ToolUse { .. }
             | Event::ToolResult { .. }
             | Event::TodoUpdate { .. }
+            | Event::Retry(_)
             | Event::Error(_) => {
                 let change = match self.turn.as_mut() {
                     Some(turn) => turn.transcript.apply(&event),

@@ -8,6 +8,7 @@ mod docker;
 mod entry;
 mod failures;
 mod fleet;
+mod model_api;
 mod outage;
 mod retention;
 pub mod support;

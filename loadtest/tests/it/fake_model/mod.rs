@@ -194,6 +194,25 @@ async fn error_marker_and_missing_key() {
 }
 
 #[tokio::test]
+async fn flaky_marker_fails_the_first_requests_of_its_prompt_only() {
+    let (fake, _cancel) = start().await;
+    let statuses = |prompt: &'static str, n: usize| {
+        let fake = fake.clone();
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(post(&fake, &cli_like_body(prompt)).await.status().as_u16());
+            }
+            out
+        }
+    };
+    assert_eq!(statuses("a [[flaky:529:2]]", 2).await, [529, 529]);
+    // Another prompt has its own count.
+    assert_eq!(statuses("b [[flaky:500:1]]", 2).await, [500, 200]);
+    assert_eq!(statuses("a [[flaky:529:2]]", 2).await, [200, 200]);
+}
+
+#[tokio::test]
 async fn non_streaming_reply() {
     let (fake, _cancel) = start().await;
     let mut body = cli_like_body("hello");

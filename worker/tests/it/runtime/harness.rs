@@ -86,6 +86,7 @@ fn model_env(fake: &FakeModel) -> ModelEnv {
         base_url: fake.base_url(),
         api_key: Secret::new("sk-ant-test-fake"),
         model: String::new(),
+        max_retries: 0,
     }
 }
 
