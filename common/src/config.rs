@@ -203,7 +203,8 @@ pub enum RuntimeKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Unique per worker; empty: `<hostname>-<pid>`.
+    /// Unique per worker; empty: `<hostname>-<n>`, stable across restarts (the lowest
+    /// slot free in `<sessions_dir>/.worker-slots`, see `worker::fleet::worker_id`).
     pub id: String,
     pub runtime: RuntimeKind,
     /// Live sessions this worker runs at most.

@@ -8,10 +8,11 @@
 //! workers with free slots, and one durable consumer per thread that delivers the thread's
 //! events in order to whichever worker holds its lease.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, TryStreamExt};
 use proto::{ThreadId, WorkerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -39,6 +40,12 @@ pub enum Error {
     Store(#[from] common::store::Error),
     #[error("the agent runtime could not start")]
     Runtime(#[from] crate::runtime::Error),
+    #[error("worker.id is empty and no worker slot could be taken in {dir}")]
+    WorkerId {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not serve metrics on {addr}")]
     Metrics {
         addr: String,
@@ -56,22 +63,67 @@ pub enum Error {
 pub struct Worker {
     ctx: Arc<Ctx>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The worker slot behind a default id, locked while the worker lives.
+    _slot: Option<std::fs::File>,
 }
 
-/// The worker id from configuration, or `<hostname>-<pid>`.
-pub fn worker_id(config: &Config) -> WorkerId {
-    if !config.worker.id.is_empty() {
-        return WorkerId::new(config.worker.id.clone());
+/// Where default worker ids' slots are locked, under `worker.sessions_dir`.
+pub const SLOTS_DIR: &str = ".worker-slots";
+/// Slots tried before giving up.
+const MAX_SLOTS: usize = 1024;
+
+/// The worker id: `worker.id` when set; else `<hostname>-<n>`, stable across restarts.
+///
+/// `n` is the lowest slot `<sessions_dir>/.worker-slots/<n>.lock` no other live process
+/// holds an exclusive lock on; the returned file keeps the lock (released by the kernel
+/// when the process ends, even by SIGKILL). So two workers on one host sharing the
+/// sessions directory get different ids, and a restarted worker gets its id back (the
+/// lowest free slot: with several workers restarting at once two may swap ids, which is
+/// harmless — an id names a live process, and each restart cleans up after its id).
+pub fn worker_id(
+    configured: &str,
+    host: &str,
+    sessions_dir: &std::path::Path,
+) -> Result<(WorkerId, Option<std::fs::File>), Error> {
+    if !configured.is_empty() {
+        return Ok((WorkerId::new(configured.to_owned()), None));
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let dir = sessions_dir.join(SLOTS_DIR);
+    let error = |source| Error::WorkerId {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(error)?;
+    for n in 1..=MAX_SLOTS {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{n}.lock")))
+            .map_err(error)?;
+        match file.try_lock() {
+            Ok(()) => return Ok((WorkerId::new(format!("{host}-{n}")), Some(file))),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(err)) => return Err(error(err)),
+        }
+    }
+    Err(error(std::io::Error::other(format!(
+        "all {MAX_SLOTS} slots are taken"
+    ))))
+}
+
+/// This machine's hostname (`worker` when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "worker".into());
-    WorkerId::new(format!("{host}-{}", std::process::id()))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
 }
 
 impl Worker {
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let id = worker_id(&config);
+        let (id, slot) = worker_id(&config.worker.id, &hostname(), &config.worker.sessions_dir)?;
         let nats = common::nats::connect(&config.nats, id.as_str()).await?;
         let lease_ttl = Duration::from_secs(config.worker.lease_ttl_s);
         let topology = Topology::from_config(&config.nats, lease_ttl);
@@ -79,8 +131,26 @@ impl Worker {
         let pool = common::pg::pool(&config.postgres)?;
         common::pg::migrate(&pool, crate::records::MIGRATIONS).await?;
         let store = common::store::Store::from_config(&config.object_store)?;
-        let runtime = Runtime::from_config(&config.worker, &config.model, id.as_str()).await?;
-        match runtime.cleanup_orphans().await {
+        let runtime = Runtime::from_config(
+            &config.worker,
+            &config.model,
+            id.as_str(),
+            &config.nats.prefix,
+        )
+        .await?;
+        // The workers with a current heartbeat: containers of any other worker of this
+        // fleet were left by a dead one (its heartbeat lapses with its leases). Unknown
+        // (NATS failed): only this worker's own are removed.
+        let alive = match fabric.workers.keys().await {
+            Ok(keys) => keys.try_collect::<BTreeSet<String>>().await.ok(),
+            Err(_) => None,
+        };
+        if alive.is_none() {
+            tracing::warn!(
+                "could not list live workers; cleaning up only this worker's containers"
+            );
+        }
+        match runtime.cleanup_orphans(alive.as_ref()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed containers left by an earlier run"),
             Err(err) => tracing::warn!(error = %err, "could not clean up orphaned containers"),
@@ -106,6 +176,7 @@ impl Worker {
         Ok(Self {
             ctx: Arc::new(ctx),
             metrics,
+            _slot: slot,
         })
     }
 
@@ -218,5 +289,45 @@ fn handle_actor_exit(ctx: &Ctx, done: Result<(ThreadId, ActorExit), tokio::task:
             ctx.slot_freed.notify_one();
         }
         Err(err) => tracing::error!(error = %err, "session actor panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_worker_id_is_stable_across_restarts_and_distinct_on_one_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, first_slot) = worker_id("", "host-a", dir.path()).unwrap();
+        let (second, second_slot) = worker_id("", "host-a", dir.path()).unwrap();
+        assert_eq!(first.as_str(), "host-a-1");
+        assert_eq!(
+            second.as_str(),
+            "host-a-2",
+            "two live workers on one host differ"
+        );
+        // The first worker dies (its lock goes with its process, here with the file) and
+        // starts again while the second still runs: it gets its own id back.
+        drop(first_slot);
+        let (again, _again_slot) = worker_id("", "host-a", dir.path()).unwrap();
+        assert_eq!(again, first);
+        // And again after both are gone.
+        drop(second_slot);
+        drop(_again_slot);
+        assert_eq!(worker_id("", "host-a", dir.path()).unwrap().0, first);
+        // A configured id wins and takes no slot.
+        let (configured, slot) = worker_id("w-7", "host-a", dir.path()).unwrap();
+        assert_eq!(configured.as_str(), "w-7");
+        assert!(slot.is_none());
+    }
+
+    #[test]
+    fn a_default_id_needs_a_usable_sessions_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let err = worker_id("", "host-a", &file).unwrap_err();
+        assert!(matches!(err, Error::WorkerId { .. }), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! tmpfs `/tmp` and `$HOME`, memory (no swap), CPU and pids limits, the configured
 //! network, and `ccfleet.*` labels naming the worker and session.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,6 +42,9 @@ pub const LABEL_WORKER: &str = "ccfleet.worker";
 /// Label: the session a container or volume belongs to.
 pub const LABEL_SESSION: &str = "ccfleet.session";
 const LABEL_MANAGED: &str = "ccfleet.managed";
+/// Label: the fleet (its `nats.prefix`) whose worker started the container, so clean-up
+/// judges only containers of workers it can see the heartbeats of.
+pub const LABEL_FLEET: &str = "ccfleet.fleet";
 /// Label: a warm-pool container or volume (its session label is the pool's own id).
 pub const LABEL_POOL: &str = "ccfleet.pool";
 /// Session ids of warm containers start with this.
@@ -62,6 +65,8 @@ pub struct DockerOptions {
     pub pids_limit: i64,
     /// Labels containers so [`DockerRuntime::cleanup_orphans`] finds this worker's own.
     pub worker_id: String,
+    /// Labels containers with the fleet (`nats.prefix`); see [`LABEL_FLEET`].
+    pub fleet: String,
     pub model: ModelEnv,
     pub agent: AgentOptions,
     /// Size of the `/tmp` tmpfs.
@@ -73,8 +78,14 @@ pub struct DockerOptions {
 }
 
 impl DockerOptions {
-    pub fn from_config(worker: &WorkerConfig, model: &ModelConfig, worker_id: &str) -> Self {
+    pub fn from_config(
+        worker: &WorkerConfig,
+        model: &ModelConfig,
+        worker_id: &str,
+        fleet: &str,
+    ) -> Self {
         Self {
+            fleet: fleet.to_owned(),
             image: worker.image.clone(),
             network: worker.network.clone(),
             memory_mb: worker.memory_mb,
@@ -192,6 +203,7 @@ impl DockerRuntime {
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_WORKER.to_owned(), self.options.worker_id.clone()),
             (LABEL_SESSION.to_owned(), id.to_string()),
+            (LABEL_FLEET.to_owned(), self.options.fleet.clone()),
         ]);
         if id.as_str().starts_with(POOL_PREFIX) {
             labels.insert(LABEL_POOL.to_owned(), "true".to_owned());
@@ -541,45 +553,111 @@ impl DockerRuntime {
         })
     }
 
-    /// Removes every container labelled with this worker's id (volumes are kept).
-    pub async fn cleanup_orphans(&self) -> Result<usize, Error> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_WORKER}={}", self.options.worker_id)],
-        )]);
+    /// Fences a session: removes (killing) every container of it, whoever started it —
+    /// found by its name and by its session label — and returns once Docker lists none.
+    /// Returns how many were removed. Call it before starting a session this worker does
+    /// not run yet (a new owner), so an earlier owner's CLI cannot go on with its turn.
+    pub async fn fence(&self, id: &SessionId) -> Result<usize, Error> {
+        let mut removed = 0;
+        for _ in 0..FENCE_ROUNDS {
+            let mut found: Vec<String> = self
+                .containers(&[format!("{LABEL_SESSION}={id}")])
+                .await?
+                .into_iter()
+                .filter_map(|c| c.id)
+                .collect();
+            let name = container_name(id);
+            match self.docker.inspect_container(&name, None).await {
+                Ok(info) => found.extend(info.id),
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(docker_error("inspect_container", id)(err)),
+            }
+            found.sort();
+            found.dedup();
+            if found.is_empty() {
+                return Ok(removed);
+            }
+            for container in found {
+                tracing::info!(container = %container, session_id = %id, "fencing an earlier owner's container");
+                // Force: SIGKILL, then removal; Docker answers once it is gone.
+                self.remove_container(&container, id).await?;
+                removed += 1;
+            }
+        }
+        Err(Error::Io {
+            session: id.to_string(),
+            source: std::io::Error::other("a container of the session keeps coming back"),
+        })
+    }
+
+    async fn containers(
+        &self,
+        labels: &[String],
+    ) -> Result<Vec<bollard::models::ContainerSummary>, Error> {
+        let filters = HashMap::from([("label".to_owned(), labels.to_vec())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
-        let orphan = SessionId::new("orphans");
-        let containers = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(docker_error("list_containers", &orphan))?;
+            .map_err(docker_error("list_containers", &SessionId::new("orphans")))
+    }
+
+    /// Removes what dead workers left (volumes are kept): every container labelled with
+    /// this worker's id (an earlier life: the default id is stable across restarts), and
+    /// every container of this fleet whose worker is not in `alive` (the workers whose
+    /// heartbeat is current; a dead worker's lapses with its leases; `None`: unknown, so
+    /// none of them).
+    pub async fn cleanup_orphans(&self, alive: Option<&BTreeSet<String>>) -> Result<usize, Error> {
+        let orphan = SessionId::new("orphans");
+        let me = &self.options.worker_id;
+        let mut containers = self.containers(&[format!("{LABEL_WORKER}={me}")]).await?;
+        containers.extend(
+            self.containers(&[format!("{LABEL_FLEET}={}", self.options.fleet)])
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    c.labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_WORKER))
+                        .is_some_and(|w| w != me && alive.is_some_and(|a| !a.contains(w)))
+                }),
+        );
         let mut removed = 0;
         for container in containers {
             let Some(container_id) = container.id else {
                 continue;
             };
-            let session = container
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_SESSION))
+            let labels = container.labels.unwrap_or_default();
+            let session = labels
+                .get(LABEL_SESSION)
                 .map(|s| SessionId::new(s.as_str()))
                 .unwrap_or_else(|| orphan.clone());
-            tracing::info!(container = %container_id, session_id = %session, "removing orphaned session container");
+            let worker = labels.get(LABEL_WORKER).cloned().unwrap_or_default();
+            tracing::info!(container = %container_id, session_id = %session, %worker, "removing orphaned session container");
             self.remove_container(&container_id, &session).await?;
             removed += 1;
+            // A dead worker's untaken warm container: no session's data is in its volume.
+            if labels.contains_key(LABEL_POOL) && worker != *me {
+                let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+                match self
+                    .docker
+                    .remove_volume(&volume_name(&session), Some(options))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(err) if is_not_found(&err) => {}
+                    Err(err) => return Err(docker_error("remove_volume", &session)(err)),
+                }
+            }
         }
         // Warm containers' volumes: no session's data lives in an untaken one, and a taken
         // one's container was removed above.
         let filters = HashMap::from([(
             "label".to_owned(),
-            vec![
-                format!("{LABEL_WORKER}={}", self.options.worker_id),
-                format!("{LABEL_POOL}=true"),
-            ],
+            vec![format!("{LABEL_WORKER}={me}"), format!("{LABEL_POOL}=true")],
         )]);
         let options = ListVolumesOptionsBuilder::default()
             .filters(&filters)
@@ -600,6 +678,9 @@ impl DockerRuntime {
         Ok(removed)
     }
 }
+
+/// Rounds of "list, remove" a fence makes before it gives up.
+const FENCE_ROUNDS: usize = 5;
 
 /// Keeps the CLI's stdout; logs its stderr.
 fn stdout_only(

@@ -15,8 +15,9 @@
 //! neither in the container's configuration, `docker inspect`, nor the Docker client's
 //! debug logs); the process runtime clears the worker's environment before starting the CLI;
 //! the docker runtime's containers are hardened (non-root, no capabilities,
-//! no-new-privileges, read-only root, limits) and labelled with the worker id, and
-//! [`Runtime::cleanup_orphans`] removes this worker's leftovers at start. The docker
+//! no-new-privileges, read-only root, limits) and labelled with the worker id, the fleet
+//! and the session, and [`Runtime::cleanup_orphans`] removes dead workers' leftovers at
+//! start. A new owner [`Runtime::fence`]s a session before starting it. The docker
 //! runtime keeps a [`warm`] pool of started containers for new sessions.
 
 pub mod archive;
@@ -25,7 +26,7 @@ mod process;
 mod sim;
 pub mod warm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,7 +35,9 @@ use proto::ids::SessionId;
 
 use crate::agent::{self, Agent, AgentHandle, PermissionMode};
 pub use archive::{Change, ChangeKind, ExportedFile, FileEntry, Manifest};
-pub use docker::{DockerOptions, DockerRuntime, LABEL_POOL, LABEL_SESSION, LABEL_WORKER};
+pub use docker::{
+    DockerOptions, DockerRuntime, LABEL_FLEET, LABEL_POOL, LABEL_SESSION, LABEL_WORKER,
+};
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use sim::SimRuntime;
 
@@ -253,14 +256,16 @@ pub enum Runtime {
 impl Runtime {
     /// The runtime `worker.runtime` names. `worker_id` labels docker containers (see
     /// [`Runtime::cleanup_orphans`]); pass the resolved, stable worker id.
+    /// `fleet` (the `nats.prefix`) labels them too.
     pub async fn from_config(
         worker: &WorkerConfig,
         model: &ModelConfig,
         worker_id: &str,
+        fleet: &str,
     ) -> Result<Self, Error> {
         Ok(match worker.runtime {
             RuntimeKind::Docker => Runtime::Docker(
-                DockerRuntime::connect(DockerOptions::from_config(worker, model, worker_id))
+                DockerRuntime::connect(DockerOptions::from_config(worker, model, worker_id, fleet))
                     .await?,
             ),
             RuntimeKind::Process => Runtime::Process(ProcessRuntime::new(
@@ -304,11 +309,28 @@ impl Runtime {
         }
     }
 
-    /// Removes what an earlier run of this worker left behind (docker: its containers,
-    /// by label; session volumes are kept for resuming). Returns how many were removed.
-    pub async fn cleanup_orphans(&self) -> Result<usize, Error> {
+    /// Fences a session before this worker starts it as its new owner: whatever an earlier
+    /// owner left running for it — docker: its containers, by name and session label,
+    /// whoever started them; process: the CLI's process group, found by the pid file in
+    /// the session root — is killed and removed, and this returns once it is gone, so the
+    /// old CLI cannot carry its turn's side effects on while the new owner runs the turn
+    /// again. The data (volume, directory) is kept. Returns how many were removed.
+    pub async fn fence(&self, session_id: &SessionId) -> Result<usize, Error> {
+        check_session_id(session_id)?;
         match self {
-            Runtime::Docker(rt) => rt.cleanup_orphans().await,
+            Runtime::Docker(rt) => rt.fence(session_id).await,
+            Runtime::Process(rt) => rt.fence(session_id).await,
+            Runtime::Sim(_) => Ok(0),
+        }
+    }
+
+    /// Removes what dead workers left behind (docker: containers labelled with this
+    /// worker's id, an earlier life of it, and this fleet's containers whose worker is not
+    /// in `alive`, the workers with a current heartbeat — `None`: unknown, only this
+    /// worker's; session volumes are kept for resuming). Returns how many were removed.
+    pub async fn cleanup_orphans(&self, alive: Option<&BTreeSet<String>>) -> Result<usize, Error> {
+        match self {
+            Runtime::Docker(rt) => rt.cleanup_orphans(alive).await,
             Runtime::Process(_) | Runtime::Sim(_) => Ok(0),
         }
     }

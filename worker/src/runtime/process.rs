@@ -1,6 +1,15 @@
 //! The `process` runtime: the CLI as a local child process in a per-session directory
 //! (`<sessions_dir>/<session_id>/{workspace,claude,home}`). For development and machines
 //! without Docker: it isolates nothing.
+//!
+//! Fencing: a start writes the CLI's pid (its process group) to `<session root>/cli.pid`.
+//! When that file exists, [`ProcessRuntime::fence`] kills every process on this host whose
+//! environment names the session's `CLAUDE_CONFIG_DIR` — the CLI and the shells it started,
+//! which outlive it when only the CLI is killed (a dropped child) or the worker is
+//! SIGKILLed — and waits until none is left; the environment, not the pid, identifies them,
+//! so a reused pid is never hit. That reaches an earlier owner's CLI only when it ran on
+//! this host with the same `worker.sessions_dir`, as the workers of `deploy/local/fleet`
+//! do; the process runtime is for development.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,6 +69,16 @@ impl ProcessRuntime {
         self.options.sessions_dir.join(id.as_str())
     }
 
+    /// Kills what is left of the session's CLI (see the module's doc) and waits until it
+    /// is gone. Returns how many processes were killed.
+    pub(crate) async fn fence(&self, id: &SessionId) -> Result<usize, Error> {
+        let root = self.session_root(id);
+        let session = id.to_string();
+        blocking(move || fence_dir(&root))
+            .await?
+            .map_err(|source| Error::Io { session, source })
+    }
+
     pub(crate) async fn start(&self, spec: SessionSpec) -> Result<Session, Error> {
         let session = spec.session_id.to_string();
         let root = self.session_root(&spec.session_id);
@@ -97,6 +116,20 @@ impl ProcessRuntime {
                 source: std::io::Error::other("the child's pipes are missing"),
             });
         };
+        if let Some(pid) = child.id() {
+            // Its group id (`process_group(0)`), for a later owner's fence.
+            let pid_file = root.join(PID_FILE);
+            let written = blocking(move || std::fs::write(pid_file, format!("{pid}\n"))).await?;
+            if let Err(source) = written {
+                let _ = ProcessLife {
+                    child,
+                    stderr: None,
+                }
+                .kill()
+                .await;
+                return Err(Error::Io { session, source });
+            }
+        }
         let stderr = tokio::spawn(log_stderr(stderr, session.clone()));
         let life = ProcessLife {
             child,
@@ -125,6 +158,69 @@ impl ProcessRuntime {
             life: Lifecycle::Process(life),
         })
     }
+}
+
+/// The file in a session root naming the CLI's process group.
+pub(crate) const PID_FILE: &str = "cli.pid";
+
+/// How long a fence waits for killed processes to disappear.
+const FENCE_WAIT: Duration = Duration::from_secs(10);
+
+fn fence_dir(root: &Path) -> std::io::Result<usize> {
+    let pid_file = root.join(PID_FILE);
+    // Written at every start: without it, no CLI ever ran here.
+    match std::fs::metadata(&pid_file) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    }
+    let marker = format!(
+        "CLAUDE_CONFIG_DIR={}",
+        root.join(archive::CLAUDE_STATE).display()
+    );
+    let deadline = std::time::Instant::now() + FENCE_WAIT;
+    let mut killed = 0;
+    loop {
+        let members = session_processes(marker.as_bytes());
+        if members.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::other(format!(
+                "processes {members:?} of an earlier CLI did not end"
+            )));
+        }
+        for pid in members {
+            if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if killed > 0 {
+        tracing::info!(root = %root.display(), killed, "fenced an earlier owner's CLI");
+    }
+    match std::fs::remove_file(&pid_file) {
+        Ok(()) => Ok(killed),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(killed),
+        Err(err) => Err(err),
+    }
+}
+
+/// Live processes whose environment holds `marker`: the CLI and whatever it started, in
+/// its process group or not (zombies have no environment, so they do not count).
+fn session_processes(marker: &[u8]) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker))
+        })
+        .collect()
 }
 
 /// Creates the session root; with a checkpoint, replaces it by the checkpoint's content.

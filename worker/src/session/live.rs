@@ -33,10 +33,12 @@ impl State {
         let records = &ctx.records;
         let thread = self.thread.as_str();
         let existing = records.session(thread).await?;
+        // A recorded owner was not released: it died (our own id too: an earlier life of
+        // this worker, whose default id is stable across restarts; or an actor of ours
+        // that lost the lease).
         let previous = existing.as_ref().and_then(|row| {
             row.owner
                 .clone()
-                .filter(|owner| owner != ctx.id.as_str())
                 .or_else(|| row.status.strip_prefix("orphaned:").map(str::to_owned))
         });
         let row = match existing {
@@ -125,6 +127,14 @@ impl State {
             return Err(Error::NotAttached);
         };
         let session_id = SessionId::new(row.session_id.clone());
+        // No agent of ours runs for this session now, so whatever runs for it is an earlier
+        // owner's (a dead worker's container, a CLI whose worker was killed): it is stopped,
+        // and gone, before this worker restores and runs the turn again, so the old CLI
+        // cannot finish the turn's side effects a second time.
+        let fenced = ctx.runtime.fence(&session_id).await?;
+        if fenced > 0 {
+            tracing::info!(%session_id, fenced, "stopped an earlier owner's agent");
+        }
         let mut fresh = SessionSpec::new(session_id.clone());
         fresh.permission_mode = PermissionMode::parse(&row.permission_mode).unwrap_or_default();
         let mut lost = Vec::new();

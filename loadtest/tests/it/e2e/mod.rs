@@ -7,6 +7,7 @@ mod checkpoints;
 mod docker;
 mod entry;
 mod failures;
+mod fencing;
 mod fleet;
 mod model_api;
 mod outage;

@@ -84,13 +84,13 @@ async fn orphans_are_removed_by_label() {
     let session = h.runtime.start(h.spec()).await.unwrap();
     let container = session.files().container().unwrap().to_owned();
     // As if the worker had died: a fresh start of the same worker cleans up.
-    assert_eq!(h.runtime.cleanup_orphans().await.unwrap(), 1);
+    assert_eq!(h.runtime.cleanup_orphans(None).await.unwrap(), 1);
     let gone = docker_of(&h)
         .client()
         .inspect_container(&container, None::<InspectContainerOptions>)
         .await;
     assert!(gone.is_err(), "the orphan still exists");
-    assert_eq!(h.runtime.cleanup_orphans().await.unwrap(), 0);
+    assert_eq!(h.runtime.cleanup_orphans(None).await.unwrap(), 0);
     // Removing the handle afterwards is harmless.
     session.remove().await.unwrap();
 }
@@ -172,7 +172,7 @@ async fn a_warm_container_serves_a_new_session_and_is_replaced() {
     pool.await.unwrap();
     assert_eq!(rt.pool_ready(), 0);
     assert_eq!(
-        h.runtime.cleanup_orphans().await.unwrap(),
+        h.runtime.cleanup_orphans(None).await.unwrap(),
         0,
         "nothing left behind"
     );
@@ -328,4 +328,54 @@ async fn a_checkpoint_goes_through_a_docker_volume_with_its_links() {
         std::fs::read_to_string(ws.join("again.sh")).unwrap(),
         "#!/bin/sh\n"
     );
+}
+
+#[tokio::test]
+async fn a_dead_worker_s_containers_are_fenced_and_cleaned_up_by_another_worker() {
+    let h = Harness::docker(None).await;
+    let dead_id = format!("it-dead-{}", uuid::Uuid::new_v4().simple());
+    let dead = h.docker_sibling(&dead_id).await;
+    let session = dead.start(h.spec()).await.unwrap();
+    let id = session.id().clone();
+    let container = session.files().container().unwrap().to_owned();
+    // The worker dies: its handle goes, the container stays.
+    drop(session);
+    let exists = |name: String| {
+        let docker = docker_of(&h).client().clone();
+        async move {
+            docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .is_ok()
+        }
+    };
+    // Another worker of the fleet starts while the owner still beats: not its to clean up.
+    let alive = std::collections::BTreeSet::from([dead_id.clone()]);
+    assert_eq!(h.runtime.cleanup_orphans(Some(&alive)).await.unwrap(), 0);
+    assert!(exists(container.clone()).await);
+    // As the session's new owner, it fences the session: the container is gone.
+    assert_eq!(h.runtime.fence(&id).await.unwrap(), 1);
+    assert!(
+        !exists(container).await,
+        "the old owner's container still exists"
+    );
+    assert_eq!(h.runtime.fence(&id).await.unwrap(), 0);
+
+    // A second session of the dead worker, never taken over: a worker of the fleet that
+    // starts once the owner's heartbeat lapsed removes it.
+    let left = dead.start(h.spec()).await.unwrap();
+    let left_id = left.id().clone();
+    let left_container = left.files().container().unwrap().to_owned();
+    drop(left);
+    let none_alive = std::collections::BTreeSet::new();
+    assert_eq!(
+        h.runtime.cleanup_orphans(Some(&none_alive)).await.unwrap(),
+        1
+    );
+    assert!(
+        !exists(left_container).await,
+        "the dead worker's container still exists"
+    );
+    dead.remove_data(&id).await.unwrap();
+    dead.remove_data(&left_id).await.unwrap();
 }

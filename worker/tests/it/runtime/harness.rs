@@ -29,6 +29,8 @@ pub struct Harness {
     pub kind: Kind,
     /// The docker runtime's worker id: [`Drop`] removes what a failed test left.
     docker_worker: Option<String>,
+    /// The docker runtime's options, for [`Harness::docker_sibling`].
+    docker_options: Option<DockerOptions>,
     /// Session directories of the process and sim runtimes.
     _dir: tempfile::TempDir,
     _cancel: tokio_util::sync::DropGuard,
@@ -121,6 +123,7 @@ impl Harness {
             runtime,
             kind: Kind::Process,
             docker_worker: None,
+            docker_options: None,
             _dir: dir,
             _cancel: cancel.drop_guard(),
         }
@@ -136,6 +139,7 @@ impl Harness {
             runtime,
             kind: Kind::Sim,
             docker_worker: None,
+            docker_options: None,
             _dir: dir,
             _cancel: cancel.drop_guard(),
         }
@@ -168,13 +172,14 @@ impl Harness {
             cpus: 1.0,
             pids_limit: 256,
             worker_id: worker_id.clone(),
+            fleet: format!("it-fleet-{}", uuid::Uuid::new_v4().simple()),
             model: model_env(&fake),
             agent: AgentOptions::default(),
             tmp_size_mb: 256,
             warm_pool,
             pool_permission_mode: worker::agent::PermissionMode::Default,
         };
-        let runtime = match DockerRuntime::connect(options).await {
+        let runtime = match DockerRuntime::connect(options.clone()).await {
             Ok(rt) => Runtime::Docker(rt),
             Err(err) => panic!("{err} (run deploy/runner/build)"),
         };
@@ -183,9 +188,18 @@ impl Harness {
             runtime,
             kind: Kind::Docker,
             docker_worker: Some(worker_id),
+            docker_options: Some(options),
             _dir: dir,
             _cancel: cancel.drop_guard(),
         }
+    }
+
+    /// The docker runtime of another worker (`worker_id`) of the same fleet, on the same
+    /// daemon. Whatever it leaves is the test's to remove.
+    pub async fn docker_sibling(&self, worker_id: &str) -> Runtime {
+        let mut options = self.docker_options.clone().expect("a docker harness");
+        options.worker_id = worker_id.to_owned();
+        Runtime::Docker(DockerRuntime::connect(options).await.unwrap())
     }
 
     pub fn spec(&self) -> SessionSpec {
