@@ -18,6 +18,7 @@ use crate::config::{Config, Sources};
 #[derive(Debug, Clone)]
 pub struct Services {
     vars: HashMap<String, String>,
+    path: PathBuf,
 }
 
 fn state_file() -> PathBuf {
@@ -36,9 +37,14 @@ impl Services {
     /// The running local services. Panics with instructions when they are not running.
     pub fn get() -> &'static Services {
         static SERVICES: OnceLock<Services> = OnceLock::new();
-        SERVICES.get_or_init(|| {
-            let path = state_file();
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        SERVICES.get_or_init(|| Services::read(&state_file()))
+    }
+
+    /// The services whose state file is `path` (another instance of the script, e.g. one
+    /// a fault run stops and starts). Panics with instructions when they are not running.
+    pub fn read(path: &std::path::Path) -> Services {
+        {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
                 panic!(
                     "local services state {} unreadable ({e}): {HOW_TO_START}",
                     path.display()
@@ -49,7 +55,10 @@ impl Services {
                 .filter_map(|l| l.split_once('='))
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
                 .collect();
-            let services = Services { vars };
+            let services = Services {
+                vars,
+                path: path.to_owned(),
+            };
             for key in ["NATS_URL", "POSTGRES_URL", "S3_ENDPOINT"] {
                 let url = services.var(key);
                 let addr = url
@@ -69,17 +78,15 @@ impl Services {
                 assert!(reachable, "{key} ({addr}) is not reachable: {HOW_TO_START}");
             }
             services
-        })
+        }
     }
 
     /// A value from the state file, e.g. `NATS_URL`.
     pub fn var(&self, key: &str) -> String {
-        self.vars.get(key).cloned().unwrap_or_else(|| {
-            panic!(
-                "{key} missing from {}: {HOW_TO_START}",
-                state_file().display()
-            )
-        })
+        self.vars
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} missing from {}: {HOW_TO_START}", self.path.display()))
     }
 
     /// A configuration pointing at the services, with a unique NATS prefix and object
@@ -129,11 +136,17 @@ pub struct TestEnv {
     pub prefix: String,
     pub database: String,
     pub config: Config,
+    /// Where the database is dropped from.
+    admin_url: String,
 }
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
-        let services = Services::get();
+        TestEnv::on(Services::get()).await
+    }
+
+    /// A slice of `services` (not necessarily the default ones).
+    pub async fn on(services: &Services) -> TestEnv {
         let prefix = unique_prefix();
         let database = format!("ccfleet_{prefix}");
         let admin = admin_client(services).await;
@@ -146,6 +159,7 @@ impl TestEnv {
             prefix,
             database,
             config,
+            admin_url: services.var("POSTGRES_URL"),
         }
     }
 
@@ -175,7 +189,7 @@ async fn admin_client(services: &Services) -> tokio_postgres::Client {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let url = Services::get().var("POSTGRES_URL");
+        let url = self.admin_url.clone();
         let database = self.database.clone();
         // Drop runs inside the test's runtime; use a thread with its own to do async work.
         let _ = std::thread::spawn(move || {

@@ -72,7 +72,37 @@ pub struct Post {
     pub props: Value,
     #[serde(default)]
     pub file_ids: Vec<String>,
+    #[serde(default)]
+    pub create_at: i64,
+    #[serde(default)]
+    pub update_at: i64,
+    #[serde(default)]
+    pub delete_at: i64,
+    /// Empty for a user's post; `system_*` for Mattermost's own.
+    #[serde(default, rename = "type")]
+    pub kind: String,
 }
+
+/// A channel the bot is a member of (`GET /users/me/channels`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    /// `O`, `P`, `D` or `G`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+/// `PostList`: ids in `order`, posts by id.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PostList {
+    #[serde(default)]
+    pub order: Vec<String>,
+    #[serde(default)]
+    pub posts: std::collections::HashMap<String, Post>,
+}
+
+/// Most posts `GET /channels/{id}/posts?since=` returns at once.
+pub const SINCE_LIMIT: usize = 1000;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct User {
@@ -193,6 +223,38 @@ impl Client {
             .await?;
         response.json().await.map_err(|source| Error::Body {
             call: "get post",
+            source,
+        })
+    }
+
+    /// Every channel of every team the bot is a member of (direct and group messages too).
+    pub async fn my_channels(&self) -> Result<Vec<Channel>, Error> {
+        let (response, _) = self
+            .call("get my channels", Method::GET, "/users/me/channels", None)
+            .await?;
+        response.json().await.map_err(|source| Error::Body {
+            call: "get my channels",
+            source,
+        })
+    }
+
+    /// The posts of a channel created or changed after `since_ms` (Mattermost's clock),
+    /// at most [`SINCE_LIMIT`].
+    pub async fn channel_posts_since(
+        &self,
+        channel_id: &str,
+        since_ms: i64,
+    ) -> Result<PostList, Error> {
+        let (response, _) = self
+            .call(
+                "get channel posts",
+                Method::GET,
+                &format!("/channels/{channel_id}/posts?since={since_ms}"),
+                None,
+            )
+            .await?;
+        response.json().await.map_err(|source| Error::Body {
+            call: "get channel posts",
             source,
         })
     }

@@ -1,6 +1,9 @@
 //! Faults a test or a fault run injects into one fleet without touching the others that
 //! share the same services: a TCP proxy in front of a service that can be cut off (every
-//! open connection reset, new ones refused) and restored.
+//! open connection reset, new ones refused) and restored. [`run`] is `loadtest faults`,
+//! the combined run that stops the services themselves (its own instance of them).
+
+pub mod run;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

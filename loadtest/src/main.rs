@@ -35,6 +35,10 @@ enum Command {
     /// Measure what the fleet costs (ingest, overhead, latency, startup, scale); prints
     /// one JSON line.
     Bench(loadtest::bench::BenchArgs),
+    /// Take a fleet (its own services, simulator, gateway and worker processes) through
+    /// Garage, Mattermost, NATS and PostgreSQL outages and a worker SIGKILL while users
+    /// talk to it; prints one JSON line (lost, duplicated, stuck, notices).
+    Faults(loadtest::faults::run::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Doubles(command) => loadtest::doubles::cli_main(command, &args.config),
         Command::Chat(command) => loadtest::chat::cli_main(command),
         Command::Bench(command) => loadtest::bench::cli_main(command, config),
+        Command::Faults(command) => loadtest::faults::run::cli_main(command),
     }
 }

@@ -4,6 +4,15 @@
 //! Reconnects with backoff and resumes with `connection_id` + `sequence_number`, so the
 //! server replays what was missed while it still has it. An event is consumed (its `seq`
 //! counted) only after its publish was acknowledged.
+//!
+//! When the server cannot resume (its 128-event dead queue overflowed, the connection
+//! expired, the server restarted) it answers with a new `hello`: the events in between
+//! are gone from the WebSocket. The listener then catches up over REST: it lists every
+//! post created in the bot's channels since the last moment it had consumed everything
+//! (less a margin for clock skew) and handles them like `posted` events, oldest first,
+//! before reading on. Posts seen twice are collapsed by their `Nats-Msg-Id` (the post id)
+//! and by the worker's inbound record. Reactions made during such a gap are not listed
+//! (Mattermost has no "reactions since" call); buttons do not go over the WebSocket.
 
 use std::time::Duration;
 
@@ -16,8 +25,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use super::channel_type;
+use super::{channel_type, mentions_user};
+use crate::mattermost::{self, Post};
 use crate::publish::{Error as PublishError, Publisher};
+
+/// How far before the last fully consumed moment a catch-up lists posts: covers clock
+/// skew between the gateway and Mattermost and posts still being broadcast then.
+pub const CATCH_UP_MARGIN_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +61,16 @@ struct Envelope {
     #[serde(default)]
     broadcast: Value,
     seq: Option<u64>,
+}
+
+/// Where a connection stands, kept across reconnects.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The connection to resume and the next `seq` wanted.
+    resume: Option<(String, u64)>,
+    /// Local time (Unix ms) up to which every event was consumed: after a connection
+    /// that could not be resumed, posts are listed from here (less the margin).
+    consumed_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,10 +131,10 @@ impl Listener {
 
     /// Listens until `shutdown`, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut resume: Option<(String, u64)> = None;
+        let mut cursor = Cursor::default();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.session(&mut resume, &shutdown).await {
+            match self.session(&mut cursor, &shutdown).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(err) => {
                     tracing::warn!(error = %err, ?backoff, "Mattermost WebSocket disconnected; reconnecting");
@@ -126,10 +150,10 @@ impl Listener {
 
     async fn session(
         &self,
-        resume: &mut Option<(String, u64)>,
+        cursor: &mut Cursor,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
-        let url = match resume {
+        let url = match &cursor.resume {
             Some((connection_id, next)) => format!(
                 "{}?connection_id={connection_id}&sequence_number={next}",
                 self.ws_url
@@ -146,7 +170,10 @@ impl Listener {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(Error::Connect)?;
-        tracing::info!(resumed = resume.is_some(), "Mattermost WebSocket connected");
+        tracing::info!(
+            resuming = cursor.resume.is_some(),
+            "Mattermost WebSocket connected"
+        );
         loop {
             let frame = tokio::select! {
                 () = shutdown.cancelled() => {
@@ -155,10 +182,15 @@ impl Listener {
                 }
                 frame = socket.next() => frame,
             };
+            let received = common::now_ms();
             let text = match frame {
                 Some(Ok(WsMessage::Text(text))) => text,
                 Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {
+                    // A ping: the server would have sent a `hello` first had it reset.
+                    cursor.consumed_ms = Some(received);
+                    continue;
+                }
                 Some(Err(err)) => return Err(Error::Connect(err)),
             };
             let Ok(envelope) = serde_json::from_str::<Envelope>(&text) else {
@@ -168,31 +200,121 @@ impl Listener {
                 continue; // a reply to one of our requests
             }
             if envelope.event == "hello" {
+                // A new connection: whatever came after `consumed_ms` on the old one is
+                // not coming over this one.
+                if let Some(since) = cursor.consumed_ms
+                    && !self.catch_up(since, shutdown).await
+                {
+                    return Ok(());
+                }
                 let connection_id = envelope.data["connection_id"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
-                *resume = Some((connection_id, 1));
+                cursor.resume = Some((connection_id, 1));
+                cursor.consumed_ms = Some(received);
                 continue;
             }
             // Until the event is read and published the sequence does not move on, so a
             // reconnect resumes from it.
-            let Some(event) = self.read_until_ok(&envelope, shutdown).await else {
+            let Some(event) = self.read_until_ok(Frame::Event(&envelope), shutdown).await else {
                 return Ok(());
             };
             if let Some(event) = event {
-                self.publish_until_acked(&event, shutdown).await;
+                self.publish_until_acked(&event, shutdown, "websocket")
+                    .await;
             }
-            if let (Some(seq), Some((_, next))) = (envelope.seq, resume.as_mut()) {
+            if let (Some(seq), Some((_, next))) = (envelope.seq, cursor.resume.as_mut()) {
                 *next = seq + 1;
             }
+            cursor.consumed_ms = Some(received);
         }
     }
 
-    async fn publish_until_acked(&self, event: &ChatEvent, shutdown: &CancellationToken) {
+    /// Handles every post created in the bot's channels since `consumed_ms` (less the
+    /// margin), oldest first, retrying what fails. `false` once shutting down.
+    async fn catch_up(&self, consumed_ms: u64, shutdown: &CancellationToken) -> bool {
+        let since = i64::try_from(consumed_ms.saturating_sub(CATCH_UP_MARGIN_MS)).unwrap_or(0);
+        let mut backoff = Duration::from_millis(100);
+        let posts = loop {
+            match self.list_since(since).await {
+                Ok(posts) => break posts,
+                Err(err) => tracing::warn!(
+                    error = %common::error_chain(&err),
+                    "could not list the posts missed while disconnected; retrying"
+                ),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        };
+        tracing::warn!(
+            since,
+            posts = posts.len(),
+            "the WebSocket could not resume; catching up on posts made meanwhile"
+        );
+        for (post, kind) in &posts {
+            let listed = Listed { post, kind };
+            let Some(event) = self.read_until_ok(Frame::Listed(listed), shutdown).await else {
+                return false;
+            };
+            if let Some(event) = event {
+                self.publish_until_acked(&event, shutdown, "websocket_catch_up")
+                    .await;
+            }
+        }
+        true
+    }
+
+    /// The posts of the bot's channels created since `since` (Mattermost's clock) that
+    /// may be for the bot, oldest first, each with its channel's type.
+    async fn list_since(&self, since: i64) -> Result<Vec<(Post, String)>, mattermost::Error> {
+        let mut listed = Vec::new();
+        for channel in self.mattermost.my_channels().await? {
+            let mut from = since;
+            loop {
+                let page = self
+                    .mattermost
+                    .channel_posts_since(&channel.id, from)
+                    .await?;
+                let full = page.posts.len() >= mattermost::SINCE_LIMIT;
+                // `since` selects by last change; the next page starts after the newest.
+                from = page
+                    .posts
+                    .values()
+                    .map(|p| p.update_at)
+                    .max()
+                    .unwrap_or(from)
+                    .max(from);
+                // `order` is newest first; posts of the same millisecond keep its order.
+                let mut posts = page.posts;
+                listed.extend(
+                    page.order
+                        .iter()
+                        .rev()
+                        .filter_map(|id| posts.remove(id))
+                        .map(|p| (p, channel.kind.clone())),
+                );
+                listed.extend(posts.into_values().map(|p| (p, channel.kind.clone())));
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(missed(listed, since, &self.bot_id))
+    }
+
+    async fn publish_until_acked(
+        &self,
+        event: &ChatEvent,
+        shutdown: &CancellationToken,
+        source: &'static str,
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.publisher.publish(event, "websocket").await {
+            match self.publisher.publish(event, source).await {
                 Ok(_) => return,
                 Err(err) => tracing::warn!(error = %err, "publish failed; retrying"),
             }
@@ -204,20 +326,23 @@ impl Listener {
         }
     }
 
-    /// The chat event of `envelope` (`Some(None)`: nothing for the bot), retrying while
+    /// The chat event of `frame` (`Some(None)`: nothing for the bot), retrying while
     /// the bot's thread membership cannot be read; `None` once shutting down.
     async fn read_until_ok(
         &self,
-        envelope: &Envelope,
+        frame: Frame<'_>,
         shutdown: &CancellationToken,
     ) -> Option<Option<ChatEvent>> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.to_chat_event(envelope).await {
+            let read = match frame {
+                Frame::Event(envelope) => self.to_chat_event(envelope).await,
+                Frame::Listed(listed) => self.listed(listed).await,
+            };
+            match read {
                 Ok(event) => return Some(event),
                 Err(err) => tracing::warn!(
                     error = &err as &dyn std::error::Error,
-                    event = %envelope.event,
                     "could not tell whether the event belongs to a bot thread; retrying"
                 ),
             }
@@ -244,15 +369,52 @@ impl Listener {
         else {
             return Ok(None);
         };
-        if post.user_id == self.bot_id || post.kind.starts_with("system_") {
-            return Ok(None);
-        }
         let mentions: Vec<String> = envelope.data["mentions"]
             .as_str()
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default();
         let mentions_bot = mentions.contains(&self.bot_id);
         let kind = envelope.data["channel_type"].as_str().unwrap_or("O");
+        let username = envelope.data["sender_name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('@')
+            .to_owned();
+        self.message(post, mentions_bot, kind, username).await
+    }
+
+    /// A post listed by a catch-up, as the `posted` event for it would have said.
+    async fn listed(&self, listed: Listed<'_>) -> Result<Option<ChatEvent>, PublishError> {
+        let Listed { post, kind } = listed;
+        // Mattermost's own rule for `mentions`: a direct message mentions every member.
+        let mentions_bot = kind == "D" || mentions_user(&post.message, &self.bot_username);
+        let wire = WirePost {
+            id: post.id.clone(),
+            channel_id: post.channel_id.clone(),
+            root_id: post.root_id.clone(),
+            user_id: post.user_id.clone(),
+            message: post.message.clone(),
+            create_at: post.create_at,
+            file_ids: post.file_ids.clone(),
+            kind: post.kind.clone(),
+        };
+        if wire.user_id == self.bot_id {
+            return Ok(None);
+        }
+        let username = self.username(&wire.user_id).await;
+        self.message(wire, mentions_bot, kind, username).await
+    }
+
+    async fn message(
+        &self,
+        post: WirePost,
+        mentions_bot: bool,
+        kind: &str,
+        username: String,
+    ) -> Result<Option<ChatEvent>, PublishError> {
+        if post.user_id == self.bot_id || post.kind.starts_with("system_") {
+            return Ok(None);
+        }
         let direct = kind == "D";
         let root = (!post.root_id.is_empty()).then(|| PostId::new(post.root_id.clone()));
         let in_thread = match &root {
@@ -269,11 +431,6 @@ impl Listener {
         }
         let file_ids: Vec<proto::FileId> = post.file_ids.iter().map(proto::FileId::new).collect();
         self.publisher.stage_files(&thread, &file_ids).await;
-        let username = envelope.data["sender_name"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches('@')
-            .to_owned();
         Ok(Some(ChatEvent {
             event_id: post.id.clone(),
             thread,
@@ -363,5 +520,108 @@ impl Listener {
                 create_at_ms: reaction.create_at,
             }),
         }))
+    }
+}
+
+/// What the listener reads an event from.
+#[derive(Clone, Copy)]
+enum Frame<'a> {
+    Event(&'a Envelope),
+    Listed(Listed<'a>),
+}
+
+/// A post a catch-up listed, with its channel's type.
+#[derive(Clone, Copy)]
+struct Listed<'a> {
+    post: &'a Post,
+    kind: &'a str,
+}
+
+/// Of the posts a catch-up listed (oldest first per channel), those created since `since`
+/// that a `posted` event would have carried (not deleted, not the bot's, not Mattermost's
+/// own), oldest first (a stable sort: the listing's order within one millisecond), each
+/// once.
+fn missed(listed: Vec<(Post, String)>, since: i64, bot_id: &str) -> Vec<(Post, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<(Post, String)> = listed
+        .into_iter()
+        .filter(|(p, _)| {
+            p.create_at >= since
+                && p.delete_at == 0
+                && p.user_id != bot_id
+                && !p.kind.starts_with("system_")
+        })
+        .filter(|(p, _)| seen.insert(p.id.clone()))
+        .collect();
+    out.sort_by_key(|(p, _)| p.create_at);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn post(id: &str, create_at: i64, user: &str) -> Post {
+        Post {
+            id: id.into(),
+            channel_id: "c".into(),
+            root_id: String::new(),
+            user_id: user.into(),
+            message: String::new(),
+            props: Value::Null,
+            file_ids: vec![],
+            create_at,
+            update_at: create_at,
+            delete_at: 0,
+            kind: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_catch_up_keeps_users_posts_since_the_mark_oldest_first() {
+        let mut deleted = post("d", 150, "u");
+        deleted.delete_at = 160;
+        let mut system = post("s", 150, "u");
+        system.kind = "system_join_channel".into();
+        let listed = vec![
+            (post("b", 200, "u"), "O".to_owned()),
+            (post("old", 99, "u"), "O".to_owned()),
+            (post("a", 100, "u"), "O".to_owned()),
+            (post("bot", 120, "bot"), "O".to_owned()),
+            (deleted, "O".to_owned()),
+            (system, "O".to_owned()),
+            (post("b", 200, "u"), "O".to_owned()),
+        ];
+        let ids: Vec<String> = missed(listed, 100, "bot")
+            .into_iter()
+            .map(|(p, _)| p.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    proptest! {
+        #[test]
+        fn a_catch_up_is_ordered_and_loses_no_eligible_post(
+            posts in proptest::collection::vec((0i64..50, 0u8..4, any::<bool>()), 0..40),
+            since in 0i64..50,
+        ) {
+            let listed: Vec<(Post, String)> = posts
+                .iter()
+                .enumerate()
+                .map(|(i, (at, user, deleted))| {
+                    let mut p = post(&format!("p{i}"), *at, &format!("u{user}"));
+                    if *deleted { p.delete_at = at + 1; }
+                    (p, "O".to_owned())
+                })
+                .collect();
+            let out = missed(listed.clone(), since, "u0");
+            prop_assert!(out.windows(2).all(|w| w[0].0.create_at <= w[1].0.create_at));
+            let eligible = listed
+                .iter()
+                .filter(|(p, _)| p.create_at >= since && p.delete_at == 0 && p.user_id != "u0")
+                .count();
+            prop_assert_eq!(out.len(), eligible);
+        }
     }
 }

@@ -416,3 +416,125 @@ async fn outgoing_webhooks_and_slash_commands_dispatched_by_the_simulator_are_pu
     task.await.unwrap();
     sim.assert_contract().await;
 }
+
+#[tokio::test]
+async fn a_websocket_that_cannot_resume_catches_up_on_posts_made_meanwhile() {
+    let env = TestEnv::new().await;
+    let sim = SimEnv::start().await;
+    // The gateway reaches Mattermost through a proxy this test cuts.
+    let proxy = loadtest::faults::Proxy::start(sim.sim.addr())
+        .await
+        .unwrap();
+    let mut config = gateway_config(&env, &sim);
+    config.mattermost.url = format!("http://{}", proxy.addr());
+    let mut only_websocket = options("a");
+    only_websocket.egress = false;
+    let gateway = RunningGateway::start(config, only_websocket).await;
+    let connected = |n: usize| {
+        let control = sim.control.clone();
+        move || {
+            let control = control.clone();
+            async move {
+                let stats = control.stats().await.ok()?;
+                (stats.websocket_connections == n).then_some(())
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the gateway on the WebSocket",
+        connected(1),
+    )
+    .await;
+    let channel = &sim.boot.channel.id;
+    let root = sim
+        .boot
+        .demo
+        .post(channel, "@claude start here", None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the root's event", || async {
+        events(&env)
+            .await
+            .into_iter()
+            .find(|e| e.event_id == root.id)
+    })
+    .await;
+
+    proxy.cut();
+    eventually(
+        Duration::from_secs(10),
+        "the WebSocket to drop",
+        connected(0),
+    )
+    .await;
+    // More events than the server keeps for a resume (its dead queue holds 128).
+    for i in 0..140 {
+        sim.boot
+            .demo
+            .post(channel, &format!("just chatting {i}"), None)
+            .await
+            .unwrap();
+    }
+    let mention = sim
+        .boot
+        .demo
+        .post(channel, "hey @claude, a new question", None)
+        .await
+        .unwrap();
+    let reply = sim
+        .boot
+        .demo
+        .post(channel, "and a follow-up", Some(&root.id))
+        .await
+        .unwrap();
+    proxy.restore();
+
+    let found = eventually(
+        Duration::from_secs(40),
+        "the posts made while disconnected",
+        || async {
+            let all = events(&env).await;
+            let mention = all.iter().find(|e| e.event_id == mention.id).cloned()?;
+            let reply = all.iter().find(|e| e.event_id == reply.id).cloned()?;
+            Some((mention, reply))
+        },
+    )
+    .await;
+    let (mention_event, reply_event) = found;
+    assert_eq!(mention_event.thread.as_str(), mention.id);
+    assert_eq!(mention_event.user.username, "alice");
+    match &mention_event.body {
+        proto::v1::EventBody::Message(m) => {
+            assert!(m.mentions_bot);
+            assert_eq!(m.text, "hey @claude, a new question");
+        }
+        other => panic!("not a message: {other:?}"),
+    }
+    assert_eq!(reply_event.thread.as_str(), root.id);
+    match &reply_event.body {
+        proto::v1::EventBody::Message(m) => {
+            assert_eq!(
+                m.root_id.as_ref().map(|r| r.as_str()),
+                Some(root.id.as_str())
+            );
+        }
+        other => panic!("not a message: {other:?}"),
+    }
+    // The chatter is not for the bot, and nothing came twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = events(&env).await;
+    let ids: Vec<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [root.id.as_str(), mention.id.as_str(), reply.id.as_str()]
+    );
+    assert!(
+        gateway
+            .metric("ccfleet_gateway_events_in_total{source=\"websocket_catch_up\"}")
+            .await
+            >= 2.0
+    );
+    proxy.stop().await;
+    sim.assert_contract().await;
+}

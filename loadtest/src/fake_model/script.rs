@@ -31,6 +31,8 @@ pub enum Marker {
     /// status, then as if the marker were not there. The script itself is stateless; the
     /// server counts (see [`Conversation::flaky`]).
     Flaky { status: u16, times: u32 },
+    /// `[[say:TEXT]]`: the final answer starts with TEXT (a run tells its answers apart).
+    Say(String),
 }
 
 /// The markers in `prompt`, in order. Unknown or malformed markers are ignored.
@@ -50,6 +52,7 @@ pub fn parse_markers(prompt: &str) -> Vec<Marker> {
                 Some(Marker::Write(path.trim().to_owned()))
             }
             ("bash", Some(cmd)) if !cmd.trim().is_empty() => Some(Marker::Bash(cmd.to_owned())),
+            ("say", Some(text)) if !text.trim().is_empty() => Some(Marker::Say(text.to_owned())),
             ("ask", None) => Some(Marker::Ask),
             ("plan", None) => Some(Marker::Plan),
             ("todo", None) => Some(Marker::Todo),
@@ -251,8 +254,8 @@ impl Conversation {
                     continue;
                 }
                 Marker::Error(status) => return Reply::Error { status: *status },
-                // Counted by the server before it asks for the reply.
-                Marker::Flaky { .. } => {
+                // Counted by the server before it asks for the reply; said at the end.
+                Marker::Flaky { .. } | Marker::Say(_) => {
                     step += 1;
                     continue;
                 }
@@ -337,6 +340,18 @@ impl Conversation {
                 Some((result, false)) => format!("Done: {}", first_line(result)),
                 None => "Done.".to_owned(),
             },
+        };
+        let said: Vec<&str> = markers
+            .iter()
+            .filter_map(|m| match m {
+                Marker::Say(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let text = if said.is_empty() {
+            text
+        } else {
+            format!("{} {text}", said.join(" "))
         };
         Reply::Message {
             text,
@@ -529,6 +544,21 @@ mod tests {
             {"role": "user", "content": "hi"}
         ])));
         assert_eq!(plain.flaky(), None);
+    }
+
+    #[test]
+    fn a_said_text_starts_the_final_answer_after_the_tools() {
+        let conv = Conversation::from_request(&request(json!([
+            {"role": "user", "content": "hi [[say:m-7-2]] [[slow:10]]"}
+        ])));
+        assert_eq!(
+            conv.reply("r"),
+            Reply::Message {
+                text: "m-7-2 Done.".into(),
+                text_duration_ms: 10,
+                tool: None
+            }
+        );
     }
 
     #[test]

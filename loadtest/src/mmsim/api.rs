@@ -453,6 +453,41 @@ pub(crate) async fn user_teams(
     Ok(json(StatusCode::OK, &teams))
 }
 
+/// `GET /users/{user_id}/channels`: the channels of every team (and the direct and group
+/// messages) the user is a member of; deleted ones only with `include_deleted`.
+pub(crate) async fn user_channels(
+    State(sh): State<Arc<Shared>>,
+    auth: Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<UserChannelsQuery>,
+) -> Result<Response, ApiError> {
+    let user_id = resolve_me(&auth, &user_id);
+    let store = sh.read();
+    if user_id != auth.user_id && !store.is_admin(&auth.user_id) {
+        return Err(forbidden());
+    }
+    let mut channels: Vec<&Channel> = store
+        .channels
+        .values()
+        .filter(|c| c.members.contains_key(user_id))
+        .filter(|c| {
+            c.channel.delete_at == 0
+                || (q.include_deleted.unwrap_or(false)
+                    && c.channel.delete_at >= q.last_delete_at.unwrap_or(0))
+        })
+        .map(|c| &c.channel)
+        .collect();
+    channels.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(json(StatusCode::OK, &channels))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct UserChannelsQuery {
+    include_deleted: Option<bool>,
+    last_delete_at: Option<i64>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CreateToken {

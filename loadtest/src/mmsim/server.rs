@@ -157,6 +157,7 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         )
         .route("/api/v4/users/{user_id}/tokens", post(api::create_token))
         .route("/api/v4/users/{user_id}/teams", get(api::user_teams))
+        .route("/api/v4/users/{user_id}/channels", get(api::user_channels))
         .route(
             "/api/v4/users/{user_id}/posts/{post_id}/reactions/{emoji_name}",
             delete(api::delete_reaction),

@@ -4,4 +4,5 @@
 mod bench;
 mod e2e;
 mod fake_model;
+mod faults;
 mod mmsim;

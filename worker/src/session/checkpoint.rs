@@ -47,7 +47,17 @@ impl State {
             tries += 1;
             match self.checkpoint(turn).await {
                 Ok(()) => {
-                    self.unsaved = None;
+                    // A checkpoint holds everything so far: an earlier turn the thread was
+                    // told could not be saved is saved now, and the thread hears it.
+                    if let Some(earlier) = self.unsaved.take() {
+                        tracing::info!(turn = earlier, "unsaved changes stored");
+                        if let Some(live) = self.live.as_mut() {
+                            let _ = live
+                                .replies
+                                .create(render::unsaved_saved(earlier), None)
+                                .await;
+                        }
+                    }
                     return Ok(());
                 }
                 Err(err) if tries < CHECKPOINT_TRIES && !self.lost.is_cancelled() => {
