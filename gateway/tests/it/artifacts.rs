@@ -207,7 +207,7 @@ fn peak_rss() -> u64 {
 async fn large_artifacts_stream_with_bounded_memory() {
     const SIZE: usize = 300 * 1024 * 1024;
     const PART: usize = 6 * 1024 * 1024;
-    const _: () = assert!(SIZE % PART == 0);
+    const _: () = assert!(SIZE.is_multiple_of(PART));
     const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
     let env = TestEnv::new().await;
     let sim = SimEnv::start().await;
