@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod lease;
 pub mod nats;
 pub mod pg;

@@ -1,5 +1,7 @@
 //! Artifact links: `GET /a/{token}/{path}` streams a generated file from the object store,
-//! `GET /a/{token}/` lists them ("browse all"), `GET /z/{token}` zips them.
+//! `GET /a/{token}/` lists them ("browse all"), `GET /z/{token}` zips them. Both downloads
+//! stream: objects are read chunk by chunk and the zip is written as it goes
+//! ([`zip_stream`]), so a gateway's memory does not grow with the files' sizes.
 //!
 //! The token is an HMAC-signed [`LinkClaims`] (thread, path prefix, expiry): it cannot be
 //! guessed or widened, and it expires. Objects live under
@@ -16,6 +18,9 @@ use object_store::path::Path as ObjectPath;
 
 use crate::AppState;
 use crate::error::Error;
+use zip_stream::ZipStream;
+
+mod zip_stream;
 
 /// The object-key root of a thread's artifacts.
 pub fn thread_root(thread: &str) -> String {
@@ -198,6 +203,70 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// What the zip body still has to send.
+struct Zipping {
+    zip: ZipStream,
+    store: common::store::Store,
+    root: String,
+    files: std::collections::VecDeque<String>,
+    current: Option<futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>>,
+    done: bool,
+}
+
+impl Zipping {
+    /// The next piece of the archive, `None` at its end. Each object is read as a stream,
+    /// one at a time, so memory stays bounded whatever the files' sizes.
+    async fn next(&mut self) -> Option<std::io::Result<bytes::Bytes>> {
+        loop {
+            if let Some(stream) = self.current.as_mut() {
+                match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        let out = self.zip.write(&chunk);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Some(Ok(out.into()));
+                    }
+                    Some(Err(err)) => return Some(Err(self.fail(err))),
+                    None => {
+                        self.current = None;
+                        return Some(Ok(self.zip.finish_entry().into()));
+                    }
+                }
+            }
+            if self.done {
+                return None;
+            }
+            let Some(path) = self.files.pop_front() else {
+                self.done = true;
+                return Some(Ok(self.zip.finish().into()));
+            };
+            let key = ObjectPath::from(format!("{}/{path}", self.root));
+            match self.store.objects().get(&key).await {
+                Ok(object) => {
+                    self.current = Some(object.into_stream().boxed());
+                    return Some(Ok(self.zip.start(&path).into()));
+                }
+                // Deleted since it was listed.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(err) => return Some(Err(self.fail(err))),
+            }
+        }
+    }
+
+    /// The response has started: the only way left to report an error is to cut the body,
+    /// so the client never takes a truncated archive for a whole one.
+    fn fail(&mut self, err: object_store::Error) -> std::io::Error {
+        tracing::error!(
+            error = &err as &dyn std::error::Error,
+            "zip download cut: could not read an artifact"
+        );
+        self.done = true;
+        self.current = None;
+        std::io::Error::other(err)
+    }
+}
+
 pub async fn get_zip(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -207,31 +276,18 @@ pub async fn get_zip(
     if files.is_empty() {
         return Err(Error::NotFound);
     }
-    let root = scope(&claims);
-    let mut buffer = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buffer);
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        let mut fetches = futures::stream::iter(files.into_iter().map(|(path, _)| {
-            let store = state.store.clone();
-            let key = ObjectPath::from(format!("{root}/{path}"));
-            async move {
-                let bytes = store.objects().get(&key).await?.bytes().await?;
-                Ok::<_, object_store::Error>((path, bytes))
-            }
-        }))
-        .buffered(8);
-        while let Some(next) = fetches.next().await {
-            let (path, bytes) = next.map_err(Error::Store)?;
-            zip.start_file(path, options)
-                .map_err(|e| Error::BadRequest(format!("zip: {e}")))?;
-            std::io::Write::write_all(&mut zip, &bytes)
-                .map_err(|e| Error::BadRequest(format!("zip: {e}")))?;
-        }
-        zip.finish()
-            .map_err(|e| Error::BadRequest(format!("zip: {e}")))?;
-    }
+    let zipping = Zipping {
+        zip: ZipStream::new(),
+        store: state.store.clone(),
+        root: scope(&claims),
+        files: files.into_iter().map(|(path, _)| path).collect(),
+        current: None,
+        done: false,
+    };
+    let body = futures::stream::unfold(zipping, |mut zipping| async move {
+        let next = zipping.next().await?;
+        Some((next, zipping))
+    });
     Ok((
         StatusCode::OK,
         [
@@ -241,7 +297,7 @@ pub async fn get_zip(
                 format!("attachment; filename=\"session-{}.zip\"", claims.thread),
             ),
         ],
-        buffer.into_inner(),
+        Body::from_stream(body),
     )
         .into_response())
 }

@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod mattermost;
 pub mod metrics;
 pub mod publish;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub nats: async_nats::Client,
     pub names: Names,
+    /// Background loops that are down now (`/readyz`).
+    pub health: Arc<common::health::Health>,
 }
 
 /// Which parts of the gateway run (all, in production).
@@ -136,6 +139,7 @@ impl Gateway {
             metrics,
             nats,
             names,
+            health: Arc::default(),
         };
         Ok(Self {
             state,
@@ -158,18 +162,22 @@ impl Gateway {
         let state = self.state.clone();
         let mut tasks = tokio::task::JoinSet::new();
         if self.options.websocket {
-            let listener = ingress::ws::Listener::new(
-                state.mattermost.clone(),
-                state.config.mattermost.bot_token.expose(),
-                &state.bot.id,
-                &state.bot.username,
-                state.publisher.clone(),
-            )?;
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                listener.run(token).await;
-                Ok(())
-            });
+            // Checked once here, so a bad URL fails the start instead of a restart loop.
+            drop(ws_listener(&state)?);
+            let (ws_state, token) = (state.clone(), shutdown.clone());
+            tasks.spawn(supervise::supervise(
+                "websocket",
+                supervise::Up::OnStart,
+                state.health.clone(),
+                shutdown.clone(),
+                move || {
+                    let (listener, token) = (ws_listener(&ws_state), token.clone());
+                    async move {
+                        listener?.run(token).await;
+                        Ok::<_, ingress::ws::Error>(())
+                    }
+                },
+            ));
         }
         if self.options.egress {
             let rate = state.config.mattermost.requests_per_second;
@@ -197,9 +205,16 @@ impl Gateway {
                 lease_ttl: Duration::from_secs(state.config.worker.lease_ttl_s),
                 replica: self.options.replica.clone(),
                 metrics: state.metrics.clone(),
+                health: state.health.clone(),
             };
             let token = shutdown.clone();
-            tasks.spawn(async move { egress.run(token).await.map_err(Error::from) });
+            tasks.spawn(supervise::supervise(
+                egress::LOOP_NAME,
+                supervise::Up::ByItself,
+                state.health.clone(),
+                shutdown.clone(),
+                move || egress.clone().run(token.clone()),
+            ));
         }
         let grace = Duration::from_secs(state.config.gateway.shutdown_grace_s);
         let app = router(state);
@@ -210,19 +225,11 @@ impl Gateway {
         let result = served.await;
         // The server stopped (shutdown): give the rest the grace period.
         shutdown.cancel();
-        let drained = tokio::time::timeout(grace, async {
-            let mut first_error = None;
-            while let Some(joined) = tasks.join_next().await {
-                if let Ok(Err(err)) = joined {
-                    first_error.get_or_insert(err);
-                }
-            }
-            first_error
-        })
-        .await;
+        // Supervised loops handle their own failures; they end only on shutdown.
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         match drained {
-            Ok(Some(err)) => Err(err),
-            Ok(None) => result,
+            Ok(()) => result,
             Err(_) => {
                 tracing::warn!("grace period over; stopping remaining tasks");
                 tasks.abort_all();
@@ -230,6 +237,16 @@ impl Gateway {
             }
         }
     }
+}
+
+fn ws_listener(state: &AppState) -> Result<ingress::ws::Listener, ingress::ws::Error> {
+    ingress::ws::Listener::new(
+        state.mattermost.clone(),
+        state.config.mattermost.bot_token.expose(),
+        &state.bot.id,
+        &state.bot.username,
+        state.publisher.clone(),
+    )
 }
 
 async fn identify(client: &mattermost::Client) -> Result<mattermost::User, Error> {
@@ -273,16 +290,29 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let down = state.health.down();
+    if !down.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("down: {}", down.join(", ")),
+        );
+    }
     if state.nats.connection_state() != async_nats::connection::State::Connected {
-        return (StatusCode::SERVICE_UNAVAILABLE, "NATS disconnected");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NATS disconnected".to_owned(),
+        );
     }
     let js = async_nats::jetstream::new(state.nats.clone());
     for stream in [state.names.events_stream(), state.names.replies_stream()] {
         if js.get_stream(&stream).await.is_err() {
-            return (StatusCode::SERVICE_UNAVAILABLE, "JetStream streams missing");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "JetStream streams missing".to_owned(),
+            );
         }
     }
-    (StatusCode::OK, "ready")
+    (StatusCode::OK, "ready".to_owned())
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {

@@ -259,8 +259,23 @@ impl Client {
         })
     }
 
-    /// Creates a post. `pending_post_id` makes retries idempotent: Mattermost returns the
-    /// post created by an earlier attempt with the same id.
+    /// Every post of the thread of `post_id`, root included (`GET /posts/{id}/thread`
+    /// without paging: the whole thread).
+    pub async fn thread(&self, post_id: &str) -> Result<(Vec<Post>, RateInfo), Error> {
+        let call = "get thread";
+        let (response, rate) = self
+            .call(call, Method::GET, &format!("/posts/{post_id}/thread"), None)
+            .await?;
+        let list: PostList = response
+            .json()
+            .await
+            .map_err(|source| Error::Body { call, source })?;
+        Ok((list.posts.into_values().collect(), rate))
+    }
+
+    /// Creates a post. `pending_post_id` makes retries idempotent, but only for 30 s:
+    /// Mattermost returns the post created by an earlier attempt with the same id while it
+    /// is in its `seenPendingPostIdsCache`.
     pub async fn create_post(
         &self,
         channel_id: &str,

@@ -1,7 +1,9 @@
 //! Faults a test or a fault run injects into one fleet without touching the others that
 //! share the same services: a TCP proxy in front of a service that can be cut off (every
-//! open connection reset, new ones refused) and restored. [`run`] is `loadtest faults`,
-//! the combined run that stops the services themselves (its own instance of them).
+//! open connection reset, new ones refused) and restored, or made to swallow the service's
+//! answers (requests still reach it: the client never learns what happened). [`run`] is
+//! `loadtest faults`, the combined run that stops the services themselves (its own
+//! instance of them).
 
 pub mod run;
 
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -30,18 +34,21 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept(
             listener,
             upstream,
             cut.clone(),
+            mute.clone(),
             generation.clone(),
             stop.clone(),
         ));
         Ok(Self {
             addr,
             cut,
+            mute,
             generation,
             stop,
             task,
@@ -58,8 +65,17 @@ impl Proxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Clears [`Proxy::cut`] and [`Proxy::mute`].
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.mute.store(false, Ordering::SeqCst);
+    }
+
+    /// Keeps forwarding what clients send but drops what the service answers: a request
+    /// takes effect while its client waits for an answer that never comes (an answer lost
+    /// on the way back).
+    pub fn mute(&self) {
+        self.mute.store(true, Ordering::SeqCst);
     }
 
     pub async fn stop(self) {
@@ -72,6 +88,7 @@ async fn accept(
     listener: TcpListener,
     upstream: SocketAddr,
     cut: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -88,13 +105,35 @@ async fn accept(
             continue;
         }
         let mut cuts = generation.subscribe();
+        let mute = mute.clone();
         connections.spawn(async move {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
-            let (mut client, mut server) = (client, server);
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let up = async {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                let _ = server_write.shutdown().await;
+            };
+            let down = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if mute.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = client_write.shutdown().await;
+            };
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = async { tokio::join!(up, down) } => {}
                 _ = cuts.changed() => {}
             }
         });

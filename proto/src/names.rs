@@ -7,7 +7,7 @@
 //! The keys inside the posts bucket are a contract too (the gateway writes them, the
 //! worker reads some back, and a running fleet's bucket holds them across upgrades), so
 //! they are built here: [`joined_thread_key`], [`post_thread_key`], [`post_ref_key`],
-//! [`applied_seq_key`].
+//! [`post_intent_key`], [`applied_seq_key`].
 
 use crate::ids::{LocalRef, PostId, SessionId, ThreadId, WorkerId};
 
@@ -170,6 +170,12 @@ pub fn post_ref_key(local: &LocalRef, part: usize) -> String {
     format!("ref.{}.{}.{part}", local.session, local.seq)
 }
 
+/// Posts-bucket key written just before a create of `post_ref_key(local, part)` is sent:
+/// once it exists, an earlier attempt may have created the post (value: Unix ms, text).
+pub fn post_intent_key(local: &LocalRef, part: usize) -> String {
+    format!("intent.{}.{}.{part}", local.session, local.seq)
+}
+
 /// Posts-bucket key marking a post an operation of which Mattermost refused for good, once
 /// the thread was told (value `1`): later refusals of the same post are dead-lettered
 /// without another note.
@@ -218,6 +224,7 @@ mod tests {
         assert_eq!(post_ref_key(&local, 2), "ref.s1.7.2");
         assert_eq!(applied_seq_key(&SessionId::from("s1")), "applied.s1");
         assert_eq!(refused_post_key(&local), "refused.s1.7");
+        assert_eq!(post_intent_key(&local, 1), "intent.s1.7.1");
     }
 
     proptest! {

@@ -18,8 +18,13 @@
 //! operation.
 //!
 //! Idempotency across failovers: the KV bucket `<p>_posts` maps local post references to
-//! Mattermost post ids and holds each session's last applied `seq`; creates carry a
-//! `pending_post_id` so Mattermost itself collapses a retried create.
+//! Mattermost post ids and holds each session's last applied `seq`. A create whose outcome
+//! is unknown (sent, then the answer or the leader was lost) must not post twice however
+//! late it is tried again, and Mattermost's own `pending_post_id` collapses a retry only
+//! for 30 s. So before a create is sent its intent is recorded (`intent.…` in the bucket)
+//! and the post carries its reference in `props` ([`REF_PROP`]); a create that finds an
+//! intent but no reference looks for a post with that reference in the thread and adopts
+//! it instead of creating another.
 
 pub mod breaker;
 pub mod budget;
@@ -48,6 +53,9 @@ use breaker::Circuit;
 use budget::Budget;
 use queue::{Next, ThreadQueue};
 
+/// The post property naming the local reference (`ref.<session>.<seq>.<part>`) a post was
+/// created for: how a create whose answer was lost finds its post.
+pub const REF_PROP: &str = "ccfleet_ref";
 /// Mattermost's limit on a post's message, in characters (runes).
 pub const MAX_POST_CHARS: usize = 16_383;
 /// How long JetStream waits for an ack before redelivering: how soon a new leader gets
@@ -69,6 +77,10 @@ pub enum Error {
     Consumer(#[source] async_nats::jetstream::stream::ConsumerError),
     #[error("could not read from the egress consumer")]
     Messages(#[source] async_nats::jetstream::consumer::StreamError),
+    #[error("the egress consumer stopped delivering")]
+    Read(#[source] pull::MessagesError),
+    #[error("the egress consumer's messages ended")]
+    Ended,
 }
 
 /// Why applying one operation failed.
@@ -86,6 +98,12 @@ enum ApplyError {
     },
     #[error("Mattermost did not answer for as long as the replies stream keeps an operation")]
     Expired(#[source] Box<ApplyError>),
+    #[error("could not read or write {key} in the posts bucket")]
+    Record {
+        key: String,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
 impl ApplyError {
@@ -103,6 +121,7 @@ impl ApplyError {
                 !matches!(source, object_store::Error::NotFound { .. })
             }
             ApplyError::Expired(_) => false,
+            ApplyError::Record { .. } => true,
         }
     }
 
@@ -155,10 +174,17 @@ pub struct Egress {
     pub lease_ttl: Duration,
     pub replica: String,
     pub metrics: Arc<Metrics>,
+    /// Where egress says it is up again after a failure (`/readyz`).
+    pub health: Arc<common::health::Health>,
 }
 
+/// The name egress has in [`common::health::Health`] and logs.
+pub const LOOP_NAME: &str = "egress";
+
 impl Egress {
-    /// Stands by, leads when the lease is free, until `shutdown`.
+    /// Stands by, leads when the lease is free, until `shutdown`. Returns an error when
+    /// leading failed (its lease then lapses, so another replica can lead): the caller
+    /// starts it again.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let key = self.names.egress_leader_key();
         let retry = (self.lease_ttl / 3).max(Duration::from_millis(200));
@@ -174,11 +200,15 @@ impl Egress {
                         let _ = self.leases.delete(key).await;
                         return result;
                     }
-                    if let Err(err) = result {
-                        tracing::error!(error = %err, "egress leader stopped; standing by");
-                    }
+                    result?;
                 }
                 Err(_) => {
+                    // Another replica leads: standing by is running as intended.
+                    if let Ok(Some(holder)) = self.leases.get(key).await
+                        && holder[..] != *self.replica.as_bytes()
+                    {
+                        self.health.set_up(LOOP_NAME);
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(retry) => {}
@@ -239,6 +269,7 @@ impl Egress {
             .await
             .map_err(Error::Consumer)?;
         let mut messages = consumer.messages().await.map_err(Error::Messages)?;
+        self.health.set_up(LOOP_NAME);
         let mut threads: HashMap<ThreadId, mpsc::UnboundedSender<Delivery>> = HashMap::new();
         let held = Held::default();
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -260,10 +291,18 @@ impl Egress {
                 next = messages.next() => match next {
                     Some(Ok(message)) => message,
                     Some(Err(err)) => {
+                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                        // These end the message stream: leading cannot go on.
+                        if matches!(
+                            err.kind(),
+                            Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded
+                        ) {
+                            return Err(Error::Read(err));
+                        }
                         tracing::warn!(error = %err, "egress consumer hiccup");
                         continue;
                     }
-                    None => return Ok(()),
+                    None => return Err(Error::Ended),
                 },
             };
             let op = match ReplyOp::decode(&message.payload) {
@@ -715,9 +754,11 @@ impl Egress {
             let props = if part == 0 { props } else { None };
             match existing {
                 Some(post_id) if !(create && part == 0) => {
+                    // A patch replaces the props: keep the reference in them.
+                    let props = props.map(|p| with_ref(Some(p), &key));
                     self.call("patch_post", async {
                         self.mattermost
-                            .patch_post(&post_id, chunk, props)
+                            .patch_post(&post_id, chunk, props.as_ref())
                             .await
                             .map(|r| ((), r))
                     })
@@ -729,8 +770,21 @@ impl Egress {
                     if part == 0 && !create {
                         return Err(ApplyError::UnknownPost(local.clone()));
                     }
+                    let intent = names::post_intent_key(local, part);
+                    // An earlier attempt may have created it and lost the answer.
+                    if !fresh && self.adopt(op, known, &key, &intent).await? {
+                        continue;
+                    }
+                    self.posts
+                        .put(&intent, common::now_ms().to_string().into())
+                        .await
+                        .map_err(|source| ApplyError::Record {
+                            key: intent.clone(),
+                            source: source.into(),
+                        })?;
                     let pending = format!("ccfleet:{}:{}:{part}", local.session, local.seq);
                     let files = if part == 0 { file_ids } else { &[] };
+                    let props = with_ref(props, &key);
                     let post = self
                         .call(
                             "create_post",
@@ -738,7 +792,7 @@ impl Egress {
                                 op.channel.as_str(),
                                 op.thread.as_str(),
                                 chunk,
-                                props,
+                                Some(&props),
                                 files,
                                 &pending,
                             ),
@@ -749,6 +803,45 @@ impl Egress {
             }
         }
         Ok(())
+    }
+
+    /// For a create with no recorded post: when its intent shows an earlier attempt may
+    /// have sent it, looks in the thread for the post carrying its reference and records
+    /// it. `true`: the post exists (adopted); `false`: it was never created.
+    async fn adopt(
+        &self,
+        op: &ReplyOp,
+        known: &mut Known,
+        key: &str,
+        intent: &str,
+    ) -> Result<bool, ApplyError> {
+        match self.posts.get(intent).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(source) => {
+                return Err(ApplyError::Record {
+                    key: intent.to_owned(),
+                    source: source.into(),
+                });
+            }
+        }
+        let posts = self
+            .call("get_thread", self.mattermost.thread(op.thread.as_str()))
+            .await?;
+        let found = posts.iter().find(|p| {
+            p.user_id == self.bot_user_id
+                && p.props.get(REF_PROP).and_then(Value::as_str) == Some(key)
+        });
+        match found {
+            Some(post) => {
+                tracing::info!(post_id = %post.id, key, "adopted a post created by an earlier attempt");
+                self.metrics.egress_call("adopt_post", "ok");
+                self.remember(known, key.to_owned(), &post.id, &op.thread)
+                    .await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn lookup(&self, known: &mut Known, key: &str) -> Option<String> {
@@ -904,6 +997,7 @@ fn plain_reason(err: &ApplyError) -> String {
         ApplyError::Expired(_) => {
             "Mattermost did not take it for as long as replies are kept".to_owned()
         }
+        ApplyError::Record { .. } => "its delivery could not be recorded".to_owned(),
     }
 }
 
@@ -1018,6 +1112,16 @@ impl std::fmt::Debug for Delivery {
             .field("seq", &self.op.seq)
             .finish_non_exhaustive()
     }
+}
+
+/// `props` (an object, or none) with the post's reference added under [`REF_PROP`].
+fn with_ref(props: Option<&Value>, key: &str) -> Value {
+    let mut props = match props {
+        Some(Value::Object(map)) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    props.insert(REF_PROP.to_owned(), Value::String(key.to_owned()));
+    Value::Object(props)
 }
 
 fn parse_props(json: Option<&str>) -> Option<Value> {

@@ -111,10 +111,15 @@ async fn artifact_links_serve_files_and_refuse_tampering_expiry_and_traversal() 
     assert_eq!(zip.status(), 200);
     assert_eq!(zip.headers()["content-type"], "application/zip");
     let bytes = zip.bytes().await.unwrap();
-    let archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
     let mut names: Vec<_> = archive.file_names().map(str::to_owned).collect();
     names.sort();
     assert_eq!(names, ["index.html", "src/app.js"]);
+    for (name, expected) in [("index.html", html), ("src/app.js", "console.log(1)")] {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
+        assert_eq!(text, expected, "{name} unzips to what was stored");
+    }
 
     // Out of scope, tampered, expired, missing.
     // (reqwest normalises `..` away, so this asks for a token named `turn-2`.)
@@ -176,4 +181,133 @@ async fn artifact_links_serve_files_and_refuse_tampering_expiry_and_traversal() 
             .unwrap();
         assert!(response.starts_with("HTTP/1.1 400"), "{path}: {response}");
     }
+}
+
+/// Fills `buf` with the bytes of a large, incompressible test file, from `state`.
+fn noise(state: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// The peak resident memory of this process (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Window 8: a 300 MB artifact downloads through the real gateway from the real store,
+/// alone and in the zip, while the process's peak memory grows by far less than the file.
+#[tokio::test]
+async fn large_artifacts_stream_with_bounded_memory() {
+    const SIZE: usize = 300 * 1024 * 1024;
+    const PART: usize = 6 * 1024 * 1024;
+    const _: () = assert!(SIZE.is_multiple_of(PART));
+    const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+    let env = TestEnv::new().await;
+    let sim = SimEnv::start().await;
+    let config = gateway_config(&env, &sim);
+    let store = env.store();
+    let key = Path::from("artifacts/big1/turn-1/data.bin");
+    {
+        let upload = store.objects().put_multipart(&key).await.unwrap();
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let (mut state, mut buf) = (SEED, vec![0u8; PART]);
+        for _ in 0..SIZE / PART {
+            noise(&mut state, &mut buf);
+            writer.wait_for_capacity(2).await.unwrap();
+            writer.write(&buf);
+        }
+        writer.finish().await.unwrap();
+    }
+    store
+        .objects()
+        .put(
+            &Path::from("artifacts/big1/turn-1/small.txt"),
+            PutPayload::from_static(b"small"),
+        )
+        .await
+        .unwrap();
+    let signer = Signer::new(config.gateway.signing_key.expose().as_bytes());
+    let token = signer.sign(&LinkClaims {
+        thread: "big1".into(),
+        prefix: "turn-1/".into(),
+        expires_at_s: common::now_ms() / 1000 + 600,
+    });
+    let gw = RunningGateway::start(
+        config,
+        gateway::Options {
+            websocket: false,
+            egress: false,
+            ..options("a")
+        },
+    )
+    .await;
+    // Forget the upload's peak where the kernel allows it (`clear_refs` 5 resets VmHWM).
+    let cleared = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    assert!(
+        cleared,
+        "the peak must be reset to measure the download alone"
+    );
+    let before = peak_rss();
+
+    // The file itself, checked as it arrives.
+    let mut response = reqwest::get(format!("{}/a/{token}/data.bin", gw.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut state, mut expected, mut received) = (SEED, vec![0u8; PART], 0usize);
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        pending.extend_from_slice(&chunk);
+        while pending.len() >= PART {
+            noise(&mut state, &mut expected);
+            assert!(
+                pending[..PART] == expected[..],
+                "data.bin differs at {received}"
+            );
+            pending.drain(..PART);
+            received += PART;
+        }
+    }
+    assert!(pending.is_empty());
+    assert_eq!(received, SIZE);
+
+    // The zip, spooled to disk, then read back with the zip crate.
+    let mut response = reqwest::get(format!("{}/z/{token}", gw.url)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut spool = tempfile::tempfile().unwrap();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        std::io::Write::write_all(&mut spool, &chunk).unwrap();
+    }
+    let grown = peak_rss().saturating_sub(before);
+    println!(
+        "peak RSS grew by {:.1} MiB while downloading a {} MiB file and its zip",
+        grown as f64 / 1048576.0,
+        SIZE / 1048576
+    );
+    assert!(
+        grown < (SIZE / 4) as u64,
+        "peak memory grew by {grown} bytes for a {SIZE}-byte file"
+    );
+    std::io::Seek::rewind(&mut spool).unwrap();
+    let mut archive = zip::ZipArchive::new(spool).unwrap();
+    let mut names: Vec<_> = archive.file_names().map(str::to_owned).collect();
+    names.sort();
+    assert_eq!(names, ["data.bin", "small.txt"]);
+    let mut file = archive.by_name("data.bin").unwrap();
+    assert_eq!(file.size(), SIZE as u64);
+    let (mut state, mut read) = (SEED, vec![0u8; PART]);
+    for _ in 0..SIZE / PART {
+        std::io::Read::read_exact(&mut file, &mut read).unwrap();
+        noise(&mut state, &mut expected);
+        assert!(read == expected, "data.bin in the zip differs");
+    }
+    drop(file);
+    let _ = store.objects().delete(&key).await;
 }

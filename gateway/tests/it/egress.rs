@@ -276,3 +276,179 @@ async fn killing_the_egress_leader_mid_burst_loses_nothing() {
     assert_replies_in_order(&sim, &roots, 20, Duration::from_secs(60)).await;
     assert_eq!(standby.metric("ccfleet_gateway_egress_leader").await, 1.0);
 }
+
+/// Window 16: a create that reached Mattermost, whose answer the leader never saw, is not
+/// posted twice by the next leader even when it comes back after Mattermost's 30 s
+/// `pending_post_id` cache forgot it. Default lease TTL and ack wait, a real interruption
+/// (the answer is lost in a proxy, the leader is killed).
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_is_not_posted_twice_after_a_slow_failover() {
+    let env = TestEnv::new().await;
+    let sim = SimEnv::start().await;
+    let sim_addr: std::net::SocketAddr = sim
+        .sim
+        .base_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = loadtest::faults::Proxy::start(sim_addr).await.unwrap();
+    let mut config = gateway_config(&env, &sim);
+    config.mattermost.url = format!("http://{}", proxy.addr());
+    let defaults = common::config::Config::load(&common::config::Sources::default()).unwrap();
+    config.worker.lease_ttl_s = defaults.worker.lease_ttl_s;
+    let worker = FakeWorker::new(&env, &sim.boot.channel.id).await;
+    let root = sim
+        .boot
+        .demo
+        .post(&sim.boot.channel.id, "@claude go", None)
+        .await
+        .unwrap();
+    let no_ws = |replica| gateway::Options {
+        websocket: false,
+        ..options(replica)
+    };
+    let leader = RunningGateway::start(config.clone(), no_ws("leader")).await;
+    eventually(Duration::from_secs(5), "leadership", || async {
+        (leader.metric("ccfleet_gateway_egress_leader").await == 1.0).then_some(())
+    })
+    .await;
+    let standby = RunningGateway::start(config.clone(), no_ws("standby")).await;
+
+    // The create reaches Mattermost; its answer never comes back.
+    proxy.mute();
+    worker
+        .publish(
+            &root.id,
+            "w16",
+            1,
+            Op::CreatePost {
+                local: local("w16", 1),
+                message: "the answer".into(),
+                props_json: None,
+            },
+        )
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the create in Mattermost",
+        || async {
+            let thread = sim.boot.demo.thread(&root.id).await.ok()?;
+            (thread.posts.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let created = Instant::now();
+    leader.kill();
+    // Mattermost stays out of reach until its pending_post_id cache forgot the create, as
+    // when the failover (lease TTL + ack wait) meets an outage.
+    proxy.cut();
+    tokio::time::sleep_until((created + Duration::from_secs(31)).into()).await;
+    proxy.restore();
+
+    // The standby took over and finished the operation: nothing pending on the consumer.
+    let client = env.nats().await;
+    let js = async_nats::jetstream::new(client);
+    eventually(
+        Duration::from_secs(90),
+        "the operation acknowledged",
+        || async {
+            let stream = js.get_stream(worker.names.replies_stream()).await.ok()?;
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&worker.names.egress_consumer())
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending == 0
+                && info.num_pending == 0
+                && info.delivered.stream_sequence >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(standby.metric("ccfleet_gateway_egress_leader").await, 1.0);
+    let thread = sim.boot.demo.thread(&root.id).await.unwrap();
+    let replies: Vec<&str> = thread
+        .posts
+        .values()
+        .filter(|p| p.id != root.id)
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(replies, ["the answer"], "exactly one post for the create");
+    sim.assert_contract().await;
+}
+
+/// Window 10: egress failing for real (its consumer deleted under it) turns `/readyz` red,
+/// naming it, until it runs again; then replies flow again.
+#[tokio::test]
+async fn a_failed_egress_turns_readyz_red_restarts_and_applies_replies_again() {
+    let env = TestEnv::new().await;
+    let sim = SimEnv::start().await;
+    let config = gateway_config(&env, &sim);
+    let worker = FakeWorker::new(&env, &sim.boot.channel.id).await;
+    let root = sim
+        .boot
+        .demo
+        .post(&sim.boot.channel.id, "@claude go", None)
+        .await
+        .unwrap();
+    let gw = RunningGateway::start(
+        config,
+        gateway::Options {
+            websocket: false,
+            ..options("a")
+        },
+    )
+    .await;
+    let readyz = || async {
+        let response = reqwest::get(format!("{}/readyz", gw.url)).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    };
+    let replies = || async {
+        let thread = sim.boot.demo.thread(&root.id).await.ok()?;
+        let mut texts: Vec<String> = thread
+            .posts
+            .values()
+            .filter(|p| p.id != root.id)
+            .map(|p| p.message.clone())
+            .collect();
+        texts.sort();
+        Some(texts)
+    };
+    let create = |seq: u32, text: &str| Op::CreatePost {
+        local: local("h1", seq),
+        message: text.to_owned(),
+        props_json: None,
+    };
+    worker.publish(&root.id, "h1", 1, create(1, "before")).await;
+    eventually(Duration::from_secs(20), "the first reply", || async {
+        (replies().await? == ["before"]).then_some(())
+    })
+    .await;
+    assert_eq!(readyz().await.unwrap().0, 200);
+
+    let js = async_nats::jetstream::new(env.nats().await);
+    js.get_stream(worker.names.replies_stream())
+        .await
+        .unwrap()
+        .delete_consumer(&worker.names.egress_consumer())
+        .await
+        .unwrap();
+    let (status, body) = eventually(Duration::from_secs(10), "readyz red", || async {
+        readyz().await.filter(|(status, _)| *status != 200)
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (503, "down: egress"));
+    eventually(Duration::from_secs(30), "readyz green again", || async {
+        (readyz().await?.0 == 200).then_some(())
+    })
+    .await;
+    worker.publish(&root.id, "h1", 2, create(2, "after")).await;
+    eventually(
+        Duration::from_secs(20),
+        "the reply after the restart",
+        || async { (replies().await? == ["after", "before"]).then_some(()) },
+    )
+    .await;
+}

@@ -15,7 +15,9 @@ use super::model::{
     Reaction, Team, TeamMember, User, UserAccessToken, channel_type, new_id,
 };
 
-/// How long a `pending_post_id` dedupes a retried create (`PendingPostIDsCacheTTL`).
+/// How long a `pending_post_id` dedupes a retried create (`PendingPostIDsCacheTTL`),
+/// counted from the first create: the server's `deduplicateCreatePost` keys its cache by the
+/// pending post id alone (not by user) and a hit does not extend the entry.
 const PENDING_POST_TTL_MS: i64 = 30_000;
 /// `file_ids` may hold at most this many runes of JSON (`Post.IsValid`).
 const FILE_IDS_MAX_RUNES: usize = 300;
@@ -266,8 +268,7 @@ impl Store {
             self.pending_posts
                 .retain(|_, (_, at)| now - *at < PENDING_POST_TTL_MS);
         }
-        let pending_key = (!np.pending_post_id.is_empty())
-            .then(|| format!("{}:{}", np.user_id, np.pending_post_id));
+        let pending_key = (!np.pending_post_id.is_empty()).then(|| np.pending_post_id.clone());
         if let Some(key) = &pending_key
             && let Some((post_id, at)) = self.pending_posts.get(key)
             && now - *at < PENDING_POST_TTL_MS
