@@ -218,6 +218,12 @@ pub struct WorkerConfig {
     /// A turn whose CLI shows nothing for this long (not waiting for an answer) is
     /// stopped, with a note (0: never).
     pub stall_timeout_s: u64,
+    /// A session's files (workspace and the CLI's state) above this many bytes are not
+    /// checkpointed: the thread is told, and the session goes on (0: no limit).
+    pub max_workspace_bytes: u64,
+    /// A file the turn made that is larger than this is listed but not uploaded as an
+    /// artifact (0: no limit).
+    pub max_artifact_bytes: u64,
     pub shutdown_grace_s: u64,
     /// Path of the Claude Code CLI for the process runtime.
     pub claude_bin: String,

@@ -28,6 +28,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0004_unrestorable_checkpoints",
         sql: include_str!("../migrations/0004_unrestorable_checkpoints.sql"),
     },
+    Migration {
+        version: "0005_turn_starts",
+        sql: include_str!("../migrations/0005_turn_starts.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +361,18 @@ impl Records {
             Some(true) => Inbound::Handled,
             _ => Inbound::Unfinished,
         })
+    }
+
+    /// Counts one more turn started for the prompt `event_id`; returns how many were
+    /// started, this one included (1 for an event without a record).
+    pub async fn count_turn_start(&self, event_id: &str) -> Result<i32, Error> {
+        let rows = self
+            .query(
+                "UPDATE inbound_messages SET turn_starts = turn_starts + 1 WHERE event_id = $1 RETURNING turn_starts",
+                &[&event_id],
+            )
+            .await?;
+        Ok(rows.first().map_or(1, |row| row.get(0)))
     }
 
     pub async fn mark_handled(&self, event_id: &str, turn: Option<i32>) -> Result<(), Error> {

@@ -237,8 +237,50 @@ fn size(bytes: u64) -> String {
     match bytes {
         b if b < 1024 => format!("{b} B"),
         b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        b if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        b => format!("{:.1} GiB", b as f64 / (1024.0 * 1024.0 * 1024.0)),
     }
+}
+
+/// Files of the turn too large to upload (`worker.max_artifact_bytes`): (path, size).
+pub fn artifacts_not_uploaded(files: &[(String, u64)], limit: u64) -> String {
+    let mut out = format!(
+        "Not uploaded, larger than the {} a file may have:\n",
+        size(limit)
+    );
+    for (path, bytes) in files {
+        out.push_str(&format!("- `{path}` ({})\n", size(*bytes)));
+    }
+    out
+}
+
+/// The session's files exceed `worker.max_workspace_bytes`: turn `turn` is not saved.
+/// `saved` is the turn whose checkpoint a takeover would continue from.
+pub fn workspace_over_limit(turn: i32, bytes: u64, limit: u64, saved: Option<i32>) -> String {
+    let fallback = match saved {
+        Some(saved) => {
+            format!("from the checkpoint of turn {saved}, without the changes made since")
+        }
+        None => "from an empty workspace".to_owned(),
+    };
+    format!(
+        ":warning: This session's files take {}, over this session's {} limit, so turn {turn} \
+         was not saved. The session goes on on this worker; if it stops or moves to another \
+         worker, it continues {fallback}. Delete files you no longer need (ask Claude to) and \
+         the next turn is saved again.",
+        size(bytes),
+        size(limit)
+    )
+}
+
+/// A message whose turn was cut off `cut` times (its worker stopped each time) is not
+/// run again.
+pub fn cut_turn_given_up(cut: i32) -> String {
+    format!(
+        ":x: This message was not run: each of the {cut} attempts at it was cut off when its \
+         worker stopped (it may be what stopped them, e.g. by using too much memory). Nothing \
+         of those attempts was saved. Send a smaller request, or ask for it in steps."
+    )
 }
 
 /// The live task list.
@@ -802,6 +844,25 @@ mod tests {
             "https://gw/a/T/",
             "https://gw/z/T",
         ));
+    }
+
+    #[test]
+    fn limits_snapshot() {
+        insta::assert_snapshot!(
+            [
+                artifacts_not_uploaded(
+                    &[
+                        ("big.bin".into(), 3_000_000_000),
+                        ("data.csv".into(), 200 << 20)
+                    ],
+                    100 << 20
+                ),
+                workspace_over_limit(3, 3_000_000_000, 2 << 30, Some(2)),
+                workspace_over_limit(1, 3_000_000_000, 2 << 30, None),
+                cut_turn_given_up(3),
+            ]
+            .join("\n---\n")
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! to be one, files are created new, links are created, never written through. An archive
 //! that is unreadable or refused is [`Error::is_unrestorable`]. These functions block:
 //! call them from `spawn_blocking`.
+//!
+//! Nothing here holds an archive or a file in memory: archives are written to and read
+//! from a [`Write`] / [`Source`] (the worker uses temporary files), file contents are
+//! copied and hashed in bounded buffers, and [`write_checkpoint`] stops with
+//! [`Error::TooLarge`] once the files it took exceed the session's limit.
 
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +51,50 @@ pub enum Error {
     BadEntry { path: String, reason: &'static str },
     #[error("path {path:?} is not a relative path inside the workspace")]
     BadPath { path: String },
+    #[error("the session's files take {size} bytes, over the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
 }
+
+/// A checkpoint to read: restoring reads it twice (checked first, then written), so it is
+/// something that can be opened again — bytes in memory (tests) or a file.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+impl Source<'_> {
+    fn open(&self) -> Result<Box<dyn Read + '_>, Error> {
+        Ok(match self {
+            Source::Bytes(bytes) => Box::new(*bytes),
+            Source::File(path) => Box::new(std::io::BufReader::with_capacity(
+                COPY_BUFFER,
+                File::open(path)?,
+            )),
+        })
+    }
+}
+
+impl<'a> From<&'a [u8]> for Source<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Source::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Source<'a> {
+    fn from(bytes: &'a Vec<u8>) -> Self {
+        Source::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a Path> for Source<'a> {
+    fn from(path: &'a Path) -> Self {
+        Source::File(path)
+    }
+}
+
+/// The buffer size for copying and hashing.
+const COPY_BUFFER: usize = 256 * 1024;
 
 impl Error {
     /// The archive itself is at fault (unreadable, or an entry is refused): restoring it
@@ -115,14 +163,6 @@ impl Manifest {
     }
 }
 
-/// A file read out of a workspace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportedFile {
-    /// Relative to the workspace.
-    pub path: String,
-    pub content: Vec<u8>,
-}
-
 /// `path` without `.` components, if it is relative and has no `..`.
 fn normalized(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -157,12 +197,30 @@ fn in_tree(path: &Path) -> bool {
 // ---------------------------------------------------------------------------------------
 // Writing a checkpoint.
 
-/// Tars `root/workspace` and `root/claude` into a gzip checkpoint, without following a
-/// link (see the module docs for what it keeps).
+/// Tars `root/workspace` and `root/claude` into a gzip checkpoint in memory (see
+/// [`write_checkpoint`]); for tests and small trees.
 pub fn checkpoint_dir(root: &Path) -> Result<Vec<u8>, Error> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    write_checkpoint(root, Vec::new(), 0)
+}
+
+/// Tars `root/workspace` and `root/claude` into a gzip checkpoint written to `out`,
+/// without following a link (see the module docs for what it keeps). With a `limit`
+/// (bytes, 0: none), the tree is measured first and refused with [`Error::TooLarge`] when
+/// its files exceed it, and the writing stops there too if the tree grows meanwhile.
+pub fn write_checkpoint<W: Write>(root: &Path, out: W, limit: u64) -> Result<W, Error> {
+    if limit > 0 {
+        let size = tree_size(root)?;
+        if size > limit {
+            return Err(Error::TooLarge { size, limit });
+        }
+    }
+    let encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
-    let mut linked = HashMap::new();
+    let mut walk = Walk {
+        linked: HashMap::new(),
+        taken: 0,
+        limit,
+    };
     for top in [WORKSPACE, CLAUDE_STATE] {
         if let Some(meta) = metadata(&root.join(top))?
             && meta.is_dir()
@@ -172,11 +230,53 @@ pub fn checkpoint_dir(root: &Path) -> Result<Vec<u8>, Error> {
                 &root.join(top),
                 Path::new(top),
                 &meta,
-                &mut linked,
+                &mut walk,
             )?;
         }
     }
     Ok(builder.into_inner()?.finish()?)
+}
+
+/// The bytes of the regular files under `root/workspace` and `root/claude` (what a
+/// checkpoint would carry), without following a link; a file with several names counts
+/// once.
+pub fn tree_size(root: &Path) -> Result<u64, Error> {
+    let mut total = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<PathBuf> = [WORKSPACE, CLAUDE_STATE]
+        .iter()
+        .map(|top| root.join(top))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(meta) = metadata(&entry.path())? else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && (meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())))
+            {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// What [`append_tree`] carries along.
+struct Walk {
+    /// The (device, inode) of files with several names, to their first name.
+    linked: HashMap<(u64, u64), PathBuf>,
+    /// Bytes of file content written so far.
+    taken: u64,
+    /// 0: none.
+    limit: u64,
 }
 
 /// `symlink_metadata`, `None` for a path that vanished (the agent's processes may still
@@ -211,13 +311,12 @@ fn header_of(meta: &Metadata, kind: EntryType, size: u64) -> tar::Header {
 }
 
 /// Appends directory `dir` (named `rel` in the archive) and everything below it.
-/// `linked` maps the (device, inode) of files with several names to their first name.
 fn append_tree<W: Write>(
     builder: &mut tar::Builder<W>,
     dir: &Path,
     rel: &Path,
     meta: &Metadata,
-    linked: &mut HashMap<(u64, u64), PathBuf>,
+    walk: &mut Walk,
 ) -> Result<(), Error> {
     builder.append_data(
         &mut header_of(meta, EntryType::Directory, 0),
@@ -238,7 +337,7 @@ fn append_tree<W: Write>(
         };
         let kind = meta.file_type();
         if kind.is_dir() {
-            append_tree(builder, &path, &rel, &meta, linked)?;
+            append_tree(builder, &path, &rel, &meta, walk)?;
         } else if kind.is_symlink() {
             let target = match std::fs::read_link(&path) {
                 Ok(target) => target,
@@ -249,7 +348,7 @@ fn append_tree<W: Write>(
         } else if kind.is_file() {
             let inode = (meta.dev(), meta.ino());
             if meta.nlink() > 1
-                && let Some(first) = linked.get(&inode)
+                && let Some(first) = walk.linked.get(&inode)
             {
                 builder.append_link(&mut header_of(&meta, EntryType::Link, 0), &rel, first)?;
                 continue;
@@ -270,6 +369,13 @@ fn append_tree<W: Write>(
                 Err(err) => return Err(err.into()),
             };
             let size = meta.len();
+            walk.taken = walk.taken.saturating_add(size);
+            if walk.limit > 0 && walk.taken > walk.limit {
+                return Err(Error::TooLarge {
+                    size: walk.taken,
+                    limit: walk.limit,
+                });
+            }
             // Exactly the size the header says, even if the file changes meanwhile: a
             // mismatch would corrupt the archive.
             let content = file.take(size).chain(std::io::repeat(0)).take(size);
@@ -279,7 +385,7 @@ fn append_tree<W: Write>(
                 content,
             )?;
             if meta.nlink() > 1 {
-                linked.insert(inode, rel);
+                walk.linked.insert(inode, rel);
             }
         }
         // Sockets, fifos and devices are not files a checkpoint carries.
@@ -362,8 +468,12 @@ fn read_item<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<Item>, Error> 
     }))
 }
 
-fn entries_of(checkpoint: &[u8]) -> tar::Archive<flate2::read::GzDecoder<&[u8]>> {
-    tar::Archive::new(flate2::read::GzDecoder::new(checkpoint))
+fn entries_of<'a>(
+    checkpoint: &'a Source<'_>,
+) -> Result<tar::Archive<flate2::read::GzDecoder<Box<dyn Read + 'a>>>, Error> {
+    Ok(tar::Archive::new(flate2::read::GzDecoder::new(
+        checkpoint.open()?,
+    )))
 }
 
 /// What [`check`] remembers of a path.
@@ -377,8 +487,9 @@ enum Seen {
 /// Reads a whole gzip checkpoint and checks it against the rules in the module docs,
 /// writing nothing. Content is read too, so a truncated or damaged archive is found here
 /// rather than halfway through a restore.
-pub fn check(checkpoint: &[u8]) -> Result<(), Error> {
-    let mut archive = entries_of(checkpoint);
+pub fn check<'a>(checkpoint: impl Into<Source<'a>>) -> Result<(), Error> {
+    let checkpoint = checkpoint.into();
+    let mut archive = entries_of(&checkpoint)?;
     let mut seen: BTreeMap<PathBuf, Seen> = BTreeMap::new();
     for entry in archive.entries().map_err(Error::Corrupt)? {
         let mut entry = entry.map_err(Error::Corrupt)?;
@@ -496,14 +607,15 @@ fn write_new_file(root: &Path, rel: &Path, content: &mut impl Read) -> Result<Fi
 
 /// Extracts a gzip checkpoint into `root` (creating `root/workspace` and `root/claude`),
 /// after [`check`] accepted all of it.
-pub fn restore_dir(checkpoint: &[u8], root: &Path) -> Result<(), Error> {
+pub fn restore_dir<'a>(checkpoint: impl Into<Source<'a>>, root: &Path) -> Result<(), Error> {
+    let checkpoint = checkpoint.into();
     check(checkpoint)?;
     std::fs::create_dir_all(root)?;
     for top in [WORKSPACE, CLAUDE_STATE] {
         ensure_dir(root, Path::new(top))?;
     }
     let mut dirs = Vec::new();
-    let mut archive = entries_of(checkpoint);
+    let mut archive = entries_of(&checkpoint)?;
     for entry in archive.entries().map_err(Error::Corrupt)? {
         let mut entry = entry.map_err(Error::Corrupt)?;
         let Some(item) = read_item(&entry)? else {
@@ -550,15 +662,27 @@ pub fn restore_dir(checkpoint: &[u8], root: &Path) -> Result<(), Error> {
 /// Docker refuses to extract a relative symlink that resolves outside the directory it
 /// extracts into, so such a link is written as the absolute path it resolves to
 /// (lexically, from `mount`): it points at the same place.
-pub fn checkpoint_to_owned_tar(
-    checkpoint: &[u8],
+pub fn checkpoint_to_owned_tar<'a>(
+    checkpoint: impl Into<Source<'a>>,
     uid: u64,
     gid: u64,
     mount: &Path,
 ) -> Result<Vec<u8>, Error> {
+    write_owned_tar(checkpoint, uid, gid, mount, Vec::new())
+}
+
+/// [`checkpoint_to_owned_tar`], written to `out`.
+pub fn write_owned_tar<'a, W: Write>(
+    checkpoint: impl Into<Source<'a>>,
+    uid: u64,
+    gid: u64,
+    mount: &Path,
+    out: W,
+) -> Result<W, Error> {
+    let checkpoint = checkpoint.into();
     check(checkpoint)?;
-    let mut archive = entries_of(checkpoint);
-    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = entries_of(&checkpoint)?;
+    let mut out = tar::Builder::new(out);
     let owned = |kind, mode, mtime, size| {
         let mut header = header(kind, mode, mtime, size);
         header.set_uid(uid);
@@ -701,9 +825,14 @@ fn under_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
 /// Turns a plain tar of a session root (entries under `<prefix>/`, as Docker returns the
 /// archive of `/session`) into a gzip checkpoint with entries under `workspace/` and
 /// `claude/`. Directories, files, symlinks and hard links are kept.
-pub fn session_tar_to_checkpoint(tar_bytes: &[u8], prefix: &str) -> Result<Vec<u8>, Error> {
-    let mut archive = tar::Archive::new(tar_bytes);
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+/// Read from `tar`, written to `out`.
+pub fn session_tar_to_checkpoint<W: Write>(
+    tar: impl Read,
+    prefix: &str,
+    out: W,
+) -> Result<W, Error> {
+    let mut archive = tar::Archive::new(tar);
+    let encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut out = tar::Builder::new(encoder);
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -735,8 +864,7 @@ pub fn session_tar_to_checkpoint(tar_bytes: &[u8], prefix: &str) -> Result<Vec<u
     Ok(encoder.finish()?)
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
+fn hex(digest: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in digest {
         s.push_str(&format!("{b:02x}"));
@@ -744,8 +872,41 @@ fn sha256_hex(data: &[u8]) -> String {
     s
 }
 
-/// The manifest of the regular files under `dir`.
-pub fn manifest_dir(dir: &Path) -> Result<Manifest, Error> {
+/// Hashes `size` bytes of `content` in a bounded buffer, or, above `max_hashed` (0: no
+/// limit), fingerprints it by `stamp` instead: such a file is never uploaded as an
+/// artifact, so telling that it changed is enough, and hashing gigabytes per turn is not.
+fn file_entry(
+    content: &mut impl Read,
+    size: u64,
+    max_hashed: u64,
+    stamp: impl FnOnce() -> String,
+) -> Result<FileEntry, std::io::Error> {
+    if max_hashed > 0 && size > max_hashed {
+        return Ok(FileEntry {
+            size,
+            sha256: format!("unhashed:{}", stamp()),
+        });
+    }
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; COPY_BUFFER.min(usize::try_from(size).unwrap_or(COPY_BUFFER).max(1))];
+    let mut read = 0u64;
+    loop {
+        let n = content.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok(FileEntry {
+        size: read,
+        sha256: hex(&hasher.finalize()),
+    })
+}
+
+/// The manifest of the regular files under `dir`; files above `max_hashed` bytes (0: no
+/// limit) are fingerprinted by size and modification time instead of hashed.
+pub fn manifest_dir(dir: &Path, max_hashed: u64) -> Result<Manifest, Error> {
     let mut manifest = Manifest::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
@@ -760,19 +921,20 @@ pub fn manifest_dir(dir: &Path) -> Result<Manifest, Error> {
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if kind.is_file() {
-                let content = std::fs::read(entry.path())?;
+                let meta = entry.metadata()?;
+                let mut file = match File::open(entry.path()) {
+                    Ok(file) => file,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err.into()),
+                };
                 let rel = entry
                     .path()
                     .strip_prefix(dir)
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                manifest.files.insert(
-                    rel,
-                    FileEntry {
-                        size: content.len() as u64,
-                        sha256: sha256_hex(&content),
-                    },
-                );
+                let stamp = || format!("{}.{}", meta.mtime(), meta.mtime_nsec());
+                let file_entry = file_entry(&mut file, meta.len(), max_hashed, stamp)?;
+                manifest.files.insert(rel, file_entry);
             }
         }
     }
@@ -780,10 +942,10 @@ pub fn manifest_dir(dir: &Path) -> Result<Manifest, Error> {
 }
 
 /// The manifest of a plain tar whose entries sit under `prefix/` (Docker's archive of
-/// the workspace directory).
-pub fn manifest_tar(tar_bytes: &[u8], prefix: &str) -> Result<Manifest, Error> {
+/// the workspace directory); `max_hashed` as for [`manifest_dir`].
+pub fn manifest_tar(tar: impl Read, prefix: &str, max_hashed: u64) -> Result<Manifest, Error> {
     let mut manifest = Manifest::default();
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = tar::Archive::new(tar);
     for entry in archive.entries()? {
         let mut entry = entry?;
         if !entry.header().entry_type().is_file() {
@@ -798,50 +960,57 @@ pub fn manifest_tar(tar_bytes: &[u8], prefix: &str) -> Result<Manifest, Error> {
             continue;
         };
         let rel = rel.to_owned();
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content)?;
-        manifest.files.insert(
-            rel,
-            FileEntry {
-                size: content.len() as u64,
-                sha256: sha256_hex(&content),
-            },
-        );
+        let size = entry.size();
+        let mtime = entry.header().mtime().unwrap_or(0);
+        let file_entry = file_entry(&mut entry, size, max_hashed, || mtime.to_string())?;
+        manifest.files.insert(rel, file_entry);
     }
     Ok(manifest)
 }
 
-/// The first regular file of a plain tar (Docker's archive of a single file).
-pub fn single_file_from_tar(tar_bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-    let mut archive = tar::Archive::new(tar_bytes);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_file() {
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content)?;
-            return Ok(Some(content));
+/// The first regular file of a plain tar (Docker's archive of a single file) held in
+/// `tar`: the file positioned at its content, and its size.
+pub fn single_file_in_tar(mut tar: File) -> Result<Option<(File, u64)>, Error> {
+    use std::io::{Seek, SeekFrom};
+    let found = {
+        let mut archive = tar::Archive::new(&mut tar);
+        let mut found = None;
+        for entry in archive.entries()? {
+            let entry = entry?;
+            if entry.header().entry_type().is_file() {
+                found = Some((entry.raw_file_position(), entry.size()));
+                break;
+            }
         }
-    }
-    Ok(None)
+        found
+    };
+    let Some((position, size)) = found else {
+        return Ok(None);
+    };
+    tar.seek(SeekFrom::Start(position))?;
+    Ok(Some((tar, size)))
 }
 
-/// Reads `paths` (relative to `dir`); missing files and non-files are skipped.
-pub fn export_dir(dir: &Path, paths: &[String]) -> Result<Vec<ExportedFile>, Error> {
-    let mut out = Vec::new();
-    for path in paths {
-        let rel = relative_path(path)?;
-        let full = dir.join(&rel);
-        match std::fs::symlink_metadata(&full) {
-            Ok(meta) if meta.is_file() => out.push(ExportedFile {
-                path: path.clone(),
-                content: std::fs::read(&full)?,
-            }),
-            Ok(_) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err.into()),
+/// Opens `path` (relative to `dir`) for reading, never through a link: `None` when it is
+/// missing or not a regular file.
+pub fn open_file(dir: &Path, path: &str) -> Result<Option<(File, u64)>, Error> {
+    let full = dir.join(relative_path(path)?);
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&full)
+    {
+        Ok(file) => file,
+        Err(err)
+            if err.kind() == std::io::ErrorKind::NotFound
+                || err.raw_os_error() == Some(nix::libc::ELOOP) =>
+        {
+            return Ok(None);
         }
-    }
-    Ok(out)
+        Err(err) => return Err(err.into()),
+    };
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta.len())))
 }
 
 #[cfg(test)]

@@ -469,26 +469,29 @@ impl DockerRuntime {
     async fn attach_and_start(&self, spec: &SessionSpec, name: &str) -> Result<Session, Error> {
         let id = &spec.session_id;
         if let Some(checkpoint) = spec.restore.clone() {
-            let tar = blocking(move || {
-                archive::checkpoint_to_owned_tar(
-                    &checkpoint,
+            let io = |source| Error::Io {
+                session: id.to_string(),
+                source,
+            };
+            // Converted into a temporary file and streamed up: never in memory.
+            let tar = blocking(tempfile::tempfile).await?.map_err(io)?;
+            let writer = std::io::BufWriter::new(tar.try_clone().map_err(io)?);
+            blocking(move || {
+                archive::write_owned_tar(
+                    checkpoint.path(),
                     AGENT_UID,
                     AGENT_UID,
                     std::path::Path::new(SESSION_ROOT),
+                    writer,
                 )
+                .and_then(|writer| writer.into_inner().map_err(|err| err.into_error().into()))
             })
             .await?
             .map_err(|source| Error::Restore {
                 session: id.to_string(),
                 source,
             })?;
-            let options = UploadToContainerOptionsBuilder::default()
-                .path(SESSION_ROOT)
-                .build();
-            self.docker
-                .upload_to_container(name, Some(options), bollard::body_full(tar.into()))
-                .await
-                .map_err(docker_error("upload_to_container", id))?;
+            upload_file(&self.docker, name, tar, id).await?;
         }
         // Attach before starting, so no output is lost.
         let attach = AttachContainerOptionsBuilder::default()
@@ -723,7 +726,86 @@ impl AsyncWrite for AttachedStdin {
     }
 }
 
-/// Downloads `path` from the container as a plain tar.
+/// Uploads the tar in `tar` (read from its start) into the session root of a container,
+/// streamed.
+pub(crate) async fn upload_file(
+    docker: &Docker,
+    container: &str,
+    mut tar: std::fs::File,
+    session: &SessionId,
+) -> Result<(), Error> {
+    use std::io::{Seek, SeekFrom};
+    tar.seek(SeekFrom::Start(0)).map_err(|source| Error::Io {
+        session: session.to_string(),
+        source,
+    })?;
+    let body =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(tar), 256 * 1024);
+    let options = UploadToContainerOptionsBuilder::default()
+        .path(SESSION_ROOT)
+        .build();
+    docker
+        .upload_to_container(container, Some(options), bollard::body_try_stream(body))
+        .await
+        .map_err(docker_error("upload_to_container", session))
+}
+
+/// What [`download_to_file`] got.
+pub(crate) enum Download {
+    /// The plain tar, in an unnamed temporary file positioned at its start.
+    File(std::fs::File),
+    Missing,
+    /// Over the limit: the size of the whole tar.
+    TooLarge(u64),
+}
+
+/// Downloads `path` from the container as a plain tar into a temporary file, streamed.
+/// With a `limit` (bytes, 0: none), a tar growing past it is not kept: the rest is only
+/// counted, for the size.
+pub(crate) async fn download_to_file(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    session: &SessionId,
+    limit: u64,
+) -> Result<Download, Error> {
+    use std::io::{Seek, SeekFrom};
+    use tokio::io::AsyncWriteExt;
+    let io = |source| Error::Io {
+        session: session.to_string(),
+        source,
+    };
+    let file = blocking(tempfile::tempfile).await?.map_err(io)?;
+    let mut out = tokio::io::BufWriter::with_capacity(
+        256 * 1024,
+        tokio::fs::File::from_std(file.try_clone().map_err(io)?),
+    );
+    let options = DownloadFromContainerOptionsBuilder::default()
+        .path(path)
+        .build();
+    let mut stream = docker.download_from_container(container, Some(options));
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                size += chunk.len() as u64;
+                if limit == 0 || size <= limit {
+                    out.write_all(&chunk).await.map_err(io)?;
+                }
+            }
+            Err(err) if is_not_found(&err) => return Ok(Download::Missing),
+            Err(err) => return Err(docker_error("download_from_container", session)(err)),
+        }
+    }
+    if limit > 0 && size > limit {
+        return Ok(Download::TooLarge(size));
+    }
+    out.flush().await.map_err(io)?;
+    let mut file = file;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(Download::File(file))
+}
+
 /// Uploads a tar into the session root of a (running) container.
 pub(crate) async fn upload(
     docker: &Docker,
@@ -742,45 +824,6 @@ pub(crate) async fn upload(
         )
         .await
         .map_err(docker_error("upload_to_container", session))
-}
-
-pub(crate) async fn download(
-    docker: &Docker,
-    container: &str,
-    path: &str,
-    session: &SessionId,
-) -> Result<Vec<u8>, Error> {
-    download_optional(docker, container, path, session)
-        .await?
-        .ok_or_else(|| Error::Io {
-            session: session.to_string(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{path} not found in the container"),
-            ),
-        })
-}
-
-/// Like [`download`]; `None` when the path does not exist.
-pub(crate) async fn download_optional(
-    docker: &Docker,
-    container: &str,
-    path: &str,
-    session: &SessionId,
-) -> Result<Option<Vec<u8>>, Error> {
-    let options = DownloadFromContainerOptionsBuilder::default()
-        .path(path)
-        .build();
-    let mut stream = docker.download_from_container(container, Some(options));
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => out.extend_from_slice(&chunk),
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) => return Err(docker_error("download_from_container", session)(err)),
-        }
-    }
-    Ok(Some(out))
 }
 
 /// Ends a session's container.

@@ -29,12 +29,13 @@ pub mod warm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use common::config::{ModelConfig, RuntimeKind, Secret, WorkerConfig};
 use proto::ids::SessionId;
 
 use crate::agent::{self, Agent, AgentHandle, PermissionMode};
-pub use archive::{Change, ChangeKind, ExportedFile, FileEntry, Manifest};
+pub use archive::{Change, ChangeKind, FileEntry, Manifest};
 pub use docker::{
     DockerOptions, DockerRuntime, LABEL_FLEET, LABEL_POOL, LABEL_SESSION, LABEL_WORKER,
 };
@@ -92,6 +93,16 @@ pub enum Error {
     Join(#[source] tokio::task::JoinError),
 }
 
+/// A file read out of a workspace, streamed from disk: `content` is positioned at the
+/// file's first byte and holds `size` bytes from there.
+#[derive(Debug)]
+pub struct ExportedFile {
+    /// Relative to the workspace.
+    pub path: String,
+    pub size: u64,
+    pub content: std::fs::File,
+}
+
 impl Error {
     /// Whether trying again later can succeed (JetStream NAK with backoff) or the session
     /// cannot be run this way (TERM and tell the thread).
@@ -115,6 +126,17 @@ impl Error {
     pub fn is_unrestorable(&self) -> bool {
         matches!(self, Error::Restore { source, .. } if source.is_unrestorable())
     }
+
+    /// A checkpoint refused because the session's files exceed the limit: (size, limit).
+    pub fn too_large(&self) -> Option<(u64, u64)> {
+        match self {
+            Error::Archive {
+                source: archive::Error::TooLarge { size, limit },
+                ..
+            } => Some((*size, *limit)),
+            _ => None,
+        }
+    }
 }
 
 /// What to start.
@@ -124,8 +146,9 @@ pub struct SessionSpec {
     pub permission_mode: PermissionMode,
     /// The CLI's session id to continue (`--resume`), from an earlier [`agent::Init`].
     pub resume: Option<String>,
-    /// A checkpoint ([`Session::checkpoint`]) restored into a fresh session root first.
-    pub restore: Option<Bytes>,
+    /// A checkpoint ([`Session::checkpoint`]) restored into a fresh session root first:
+    /// a temporary file (removed when the last clone is dropped), never held in memory.
+    pub restore: Option<Arc<tempfile::NamedTempFile>>,
     /// `--model` for this session; `None`: the configured model.
     pub model: Option<String>,
 }
@@ -373,59 +396,113 @@ impl SessionFiles {
         }
     }
 
-    /// A gzip tar of the workspace and the CLI's state (see [`archive`]).
-    pub async fn checkpoint(&self) -> Result<Bytes, Error> {
-        let bytes = match &self.files {
+    fn io_error(&self) -> impl Fn(std::io::Error) -> Error + '_ {
+        |source| Error::Io {
+            session: self.session.to_string(),
+            source,
+        }
+    }
+
+    /// A gzip tar of the workspace and the CLI's state (see [`archive`]), written to a
+    /// temporary file: nothing of it is held in memory. Refused (see [`Error::too_large`])
+    /// when the session's files exceed `limit` bytes (0: no limit).
+    pub async fn checkpoint(&self, limit: u64) -> Result<tempfile::NamedTempFile, Error> {
+        let out = blocking(tempfile::NamedTempFile::new)
+            .await?
+            .map_err(self.io_error())?;
+        let file = out.reopen().map_err(self.io_error())?;
+        let writer = std::io::BufWriter::with_capacity(COPY_BUFFER, file);
+        let written = match &self.files {
             Files::Dir(root) => {
                 let root = root.clone();
-                blocking(move || archive::checkpoint_dir(&root))
-                    .await?
-                    .map_err(self.archive_error())?
+                blocking(move || archive::write_checkpoint(&root, writer, limit)).await?
             }
             Files::Container { docker, container } => {
-                let tar = docker::download(docker, container, docker::SESSION_ROOT, &self.session)
-                    .await?;
-                blocking(move || archive::session_tar_to_checkpoint(&tar, "session"))
-                    .await?
-                    .map_err(self.archive_error())?
+                let tar = docker::download_to_file(
+                    docker,
+                    container,
+                    docker::SESSION_ROOT,
+                    &self.session,
+                    limit,
+                )
+                .await?;
+                let tar = match tar {
+                    docker::Download::File(tar) => tar,
+                    docker::Download::Missing => {
+                        return Err(self.io_error()(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the session root is missing in the container",
+                        )));
+                    }
+                    docker::Download::TooLarge(size) => {
+                        return Err(self.archive_error()(archive::Error::TooLarge {
+                            size,
+                            limit,
+                        }));
+                    }
+                };
+                blocking(move || {
+                    let reader = std::io::BufReader::with_capacity(COPY_BUFFER, tar);
+                    archive::session_tar_to_checkpoint(reader, "session", writer)
+                })
+                .await?
             }
         };
-        Ok(Bytes::from(bytes))
+        let writer = written.map_err(self.archive_error())?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| self.io_error()(err.into_error()))?;
+        blocking(move || file.sync_data())
+            .await?
+            .map_err(self.io_error())?;
+        Ok(out)
     }
 
     /// The workspace's regular files with sizes and hashes; diff two with
-    /// [`Manifest::changes_since`] to find what a turn changed.
-    pub async fn manifest(&self) -> Result<Manifest, Error> {
+    /// [`Manifest::changes_since`] to find what a turn changed. Files above `max_hashed`
+    /// bytes (0: no limit) are fingerprinted instead of hashed (see [`archive::manifest_dir`]).
+    pub async fn manifest(&self, max_hashed: u64) -> Result<Manifest, Error> {
         match &self.files {
             Files::Dir(root) => {
                 let dir = root.join(archive::WORKSPACE);
-                blocking(move || archive::manifest_dir(&dir))
+                blocking(move || archive::manifest_dir(&dir, max_hashed))
                     .await?
                     .map_err(self.archive_error())
             }
             Files::Container { docker, container } => {
                 let path = format!("{}/{}", docker::SESSION_ROOT, archive::WORKSPACE);
-                let tar = docker::download(docker, container, &path, &self.session).await?;
-                blocking(move || archive::manifest_tar(&tar, archive::WORKSPACE))
+                let tar = match docker::download_to_file(docker, container, &path, &self.session, 0)
                     .await?
-                    .map_err(self.archive_error())
+                {
+                    docker::Download::File(tar) => tar,
+                    docker::Download::Missing | docker::Download::TooLarge(_) => {
+                        return Ok(Manifest::default());
+                    }
+                };
+                blocking(move || {
+                    let reader = std::io::BufReader::with_capacity(COPY_BUFFER, tar);
+                    archive::manifest_tar(reader, archive::WORKSPACE, max_hashed)
+                })
+                .await?
+                .map_err(self.archive_error())
             }
         }
     }
 
-    /// Reads files of the workspace (relative paths); missing ones are left out.
+    /// Opens files of the workspace (relative paths) for streaming; missing ones are left
+    /// out.
     pub async fn export(&self, paths: &[String]) -> Result<Vec<ExportedFile>, Error> {
-        match &self.files {
-            Files::Dir(root) => {
-                let dir = root.join(archive::WORKSPACE);
-                let paths = paths.to_vec();
-                blocking(move || archive::export_dir(&dir, &paths))
-                    .await?
-                    .map_err(self.archive_error())
-            }
-            Files::Container { docker, container } => {
-                let mut out = Vec::new();
-                for path in paths {
+        let mut out = Vec::new();
+        for path in paths {
+            let opened = match &self.files {
+                Files::Dir(root) => {
+                    let dir = root.join(archive::WORKSPACE);
+                    let owned = path.clone();
+                    blocking(move || archive::open_file(&dir, &owned))
+                        .await?
+                        .map_err(self.archive_error())?
+                }
+                Files::Container { docker, container } => {
                     let rel = archive::relative_path(path).map_err(self.archive_error())?;
                     let full = format!(
                         "{}/{}/{}",
@@ -433,24 +510,27 @@ impl SessionFiles {
                         archive::WORKSPACE,
                         rel.to_string_lossy()
                     );
-                    let Some(tar) =
-                        docker::download_optional(docker, container, &full, &self.session).await?
-                    else {
-                        continue;
-                    };
-                    if let Some(content) = blocking(move || archive::single_file_from_tar(&tar))
+                    match docker::download_to_file(docker, container, &full, &self.session, 0)
                         .await?
-                        .map_err(self.archive_error())?
                     {
-                        out.push(ExportedFile {
-                            path: path.clone(),
-                            content,
-                        });
+                        docker::Download::File(tar) => {
+                            blocking(move || archive::single_file_in_tar(tar))
+                                .await?
+                                .map_err(self.archive_error())?
+                        }
+                        docker::Download::Missing | docker::Download::TooLarge(_) => None,
                     }
                 }
-                Ok(out)
+            };
+            if let Some((content, size)) = opened {
+                out.push(ExportedFile {
+                    path: path.clone(),
+                    size,
+                    content,
+                });
             }
         }
+        Ok(out)
     }
 
     /// Writes files (workspace-relative paths) into the workspace, e.g. files attached to a
@@ -490,6 +570,9 @@ impl SessionFiles {
         }
     }
 }
+
+/// The buffer size for streaming archives through files.
+const COPY_BUFFER: usize = 256 * 1024;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(Error::Join)
@@ -548,8 +631,8 @@ impl Session {
     }
 
     /// See [`SessionFiles::checkpoint`].
-    pub async fn checkpoint(&self) -> Result<Bytes, Error> {
-        self.files.checkpoint().await
+    pub async fn checkpoint(&self, limit: u64) -> Result<tempfile::NamedTempFile, Error> {
+        self.files.checkpoint(limit).await
     }
 
     /// Ends the CLI (stdin closed, then killed after [`STOP_GRACE`]) and keeps the session's

@@ -226,7 +226,7 @@ fn session_processes(marker: &[u8]) -> Vec<i32> {
 /// Creates the session root; with a checkpoint, replaces it by the checkpoint's content.
 pub(crate) async fn prepare_root(
     root: &Path,
-    restore: Option<bytes::Bytes>,
+    restore: Option<Arc<tempfile::NamedTempFile>>,
     session: &str,
 ) -> Result<(), Error> {
     let root = root.to_path_buf();
@@ -242,7 +242,7 @@ pub(crate) async fn prepare_root(
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(io(err)),
             }
-            archive::restore_dir(&checkpoint, &root).map_err(|source| Error::Restore {
+            archive::restore_dir(checkpoint.path(), &root).map_err(|source| Error::Restore {
                 session: session_owned.clone(),
                 source,
             })?;

@@ -1,7 +1,8 @@
 //! After a turn: the session's checkpoint and the files it made, in the object store.
 
-use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
 
 use super::*;
 
@@ -18,15 +19,20 @@ impl State {
         let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
             return Ok(());
         };
-        let bytes = session.checkpoint().await?;
+        let limit = self.ctx.config.worker.max_workspace_bytes;
+        let file = session.checkpoint(limit).await?;
         let key = format!("checkpoints/{}/turn-{turn:05}.tar.gz", self.thread);
-        let size = bytes.len() as i64;
-        self.ctx
-            .store
-            .objects()
-            .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
-            .await
-            .map_err(Error::CheckpointStore)?;
+        let (content, size) = reopen(&file).map_err(Error::CheckpointFile)?;
+        upload_file(
+            self.ctx.store.objects().as_ref(),
+            &ObjectPath::from(key.as_str()),
+            content,
+            size,
+        )
+        .await
+        .map_err(Error::CheckpointStore)?;
+        drop(file);
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
         self.ctx
             .records
             .record_checkpoint(self.thread.as_str(), turn, &key, size, self.ctx.id.as_str())
@@ -60,6 +66,8 @@ impl State {
                     }
                     return Ok(());
                 }
+                // Trying again cannot help; the thread is told how far over it is.
+                Err(err) if err.too_large().is_some() => return Err(err),
                 Err(err) if tries < CHECKPOINT_TRIES && !self.lost.is_cancelled() => {
                     tracing::warn!(error = %err.chain(), tries, turn, "checkpoint failed; trying again");
                     if let Some(message) = message {
@@ -115,19 +123,25 @@ impl State {
     ) -> Option<String> {
         let session = self.live.as_ref()?.session.as_ref()?;
         let files = session.files();
-        let after = files.manifest().await.ok()?;
+        let max_bytes = self.ctx.config.worker.max_artifact_bytes;
+        let after = files.manifest(max_bytes).await.ok()?;
         let before = before.unwrap_or_default();
-        let changed: Vec<String> = after
+        let (changed, too_large): (Vec<_>, Vec<_>) = after
             .changes_since(&before)
             .into_iter()
             .filter(|c| c.kind != ChangeKind::Deleted)
             .map(|c| c.path)
             .filter(|p| !p.split('/').any(|s| s.starts_with('.')))
             .take(200)
-            .collect();
-        if changed.is_empty() {
+            .map(|path| {
+                let size = after.files.get(&path).map_or(0, |f| f.size);
+                (path, size)
+            })
+            .partition(|(_, size)| max_bytes == 0 || *size <= max_bytes);
+        if changed.is_empty() && too_large.is_empty() {
             return None;
         }
+        let changed: Vec<String> = changed.into_iter().map(|(path, _)| path).collect();
         let exported = files.export(&changed).await.ok()?;
         let prefix = format!("turn-{turn}/");
         let root = format!("artifacts/{}/{prefix}", self.thread);
@@ -147,16 +161,14 @@ impl State {
             .to_owned();
         for file in exported {
             let key = format!("{root}{}", file.path);
-            let size = file.content.len() as u64;
-            if let Err(err) = self
-                .ctx
-                .store
-                .objects()
-                .put(
-                    &ObjectPath::from(key.as_str()),
-                    PutPayload::from(file.content),
-                )
-                .await
+            let size = file.size;
+            if let Err(err) = upload_file(
+                self.ctx.store.objects().as_ref(),
+                &ObjectPath::from(key.as_str()),
+                file.content,
+                size,
+            )
+            .await
             {
                 tracing::error!(error = %err, path = %file.path, "artifact upload failed");
                 continue;
@@ -191,13 +203,73 @@ impl State {
                 size,
             });
         }
-        if links.is_empty() {
-            return None;
+        let mut block = String::new();
+        if !links.is_empty() {
+            block = render::artifacts(
+                &links,
+                &format!("{base}/a/{token}/"),
+                &format!("{base}/z/{token}"),
+            );
         }
-        Some(render::artifacts(
-            &links,
-            &format!("{base}/a/{token}/"),
-            &format!("{base}/z/{token}"),
-        ))
+        if !too_large.is_empty() {
+            if !block.is_empty() {
+                block.push_str("\n\n");
+            }
+            block.push_str(&render::artifacts_not_uploaded(&too_large, max_bytes));
+        }
+        (!block.is_empty()).then_some(block)
     }
+}
+
+/// Object store parts of a streamed upload, and how many are in flight at once: memory
+/// for an upload stays under `UPLOAD_PART * (UPLOAD_PARALLEL + 1)` whatever its size.
+const UPLOAD_PART: usize = 8 * 1024 * 1024;
+const UPLOAD_PARALLEL: usize = 2;
+
+/// A fresh handle on a temporary file's content, and its size.
+fn reopen(file: &tempfile::NamedTempFile) -> std::io::Result<(std::fs::File, u64)> {
+    let content = file.reopen()?;
+    let size = content.metadata()?.len();
+    Ok((content, size))
+}
+
+/// Uploads `size` bytes read from `content` to `key`, streamed: one request when it fits in
+/// a part, a multipart upload otherwise (aborted when it fails).
+pub(super) async fn upload_file(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    content: std::fs::File,
+    size: u64,
+) -> Result<(), object_store::Error> {
+    let io = |source: std::io::Error| object_store::Error::Generic {
+        store: "local file",
+        source: Box::new(source),
+    };
+    let mut reader = tokio::fs::File::from_std(content).take(size);
+    if size <= UPLOAD_PART as u64 {
+        let mut buffer = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        reader.read_to_end(&mut buffer).await.map_err(io)?;
+        store.put(key, PutPayload::from(buffer)).await?;
+        return Ok(());
+    }
+    let mut upload =
+        WriteMultipart::new_with_chunk_size(store.put_multipart(key).await?, UPLOAD_PART);
+    let mut buffer = vec![0; 256 * 1024];
+    loop {
+        let read = match reader.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) => {
+                let _ = upload.abort().await;
+                return Err(io(err));
+            }
+        };
+        if let Err(err) = upload.wait_for_capacity(UPLOAD_PARALLEL).await {
+            let _ = upload.abort().await;
+            return Err(err);
+        }
+        upload.write(&buffer[..read]);
+    }
+    upload.finish().await?;
+    Ok(())
 }

@@ -25,6 +25,8 @@ pub enum Error {
     Checkpoint(#[source] object_store::Error),
     #[error("the session's checkpoint could not be stored")]
     CheckpointStore(#[source] object_store::Error),
+    #[error("the session's checkpoint could not be written to or read from a local file")]
+    CheckpointFile(#[source] std::io::Error),
     #[error("the thread's events could not be opened")]
     Consumer(#[source] BoxError),
     #[error("the thread's post references could not be read")]
@@ -43,8 +45,17 @@ impl Error {
             Error::Runtime(_)
             | Error::Checkpoint(_)
             | Error::CheckpointStore(_)
+            | Error::CheckpointFile(_)
             | Error::Consumer(_)
             | Error::Posts(_) => true,
+        }
+    }
+
+    /// A checkpoint refused because the session's files exceed their limit: (size, limit).
+    pub fn too_large(&self) -> Option<(u64, u64)> {
+        match self {
+            Error::Runtime(err) => err.too_large(),
+            _ => None,
         }
     }
 

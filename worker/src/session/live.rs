@@ -140,13 +140,13 @@ impl State {
         let mut lost = Vec::new();
         let mut started = None;
         for (turn, key) in records.restorable_checkpoints(thread).await? {
-            let bytes = match ctx
+            let file = match ctx
                 .store
                 .objects()
                 .get(&ObjectPath::from(key.as_str()))
                 .await
             {
-                Ok(object) => object.bytes().await.map_err(Error::Checkpoint)?,
+                Ok(object) => download(object).await?,
                 Err(object_store::Error::NotFound { .. }) => {
                     tracing::warn!(turn, key = %key, "checkpoint missing from the store");
                     lost.push(LostCheckpoint {
@@ -159,7 +159,7 @@ impl State {
             };
             let mut spec = fresh.clone();
             spec.resume = row.cli_session_id.clone();
-            spec.restore = Some(bytes);
+            spec.restore = Some(std::sync::Arc::new(file));
             match ctx.runtime.start(spec).await {
                 Ok(session) => {
                     started = Some((session, Some(turn)));
@@ -362,4 +362,25 @@ fn causes(err: &dyn std::error::Error) -> String {
     } else {
         parts.join(": ")
     }
+}
+
+/// Streams a checkpoint from the store into a temporary file: never all of it in memory.
+async fn download(object: object_store::GetResult) -> Result<tempfile::NamedTempFile, Error> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let file = tokio::task::spawn_blocking(tempfile::NamedTempFile::new)
+        .await
+        .map_err(|err| Error::CheckpointFile(std::io::Error::other(err)))?
+        .map_err(Error::CheckpointFile)?;
+    let mut out = tokio::io::BufWriter::with_capacity(
+        256 * 1024,
+        tokio::fs::File::from_std(file.reopen().map_err(Error::CheckpointFile)?),
+    );
+    let mut stream = object.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Error::Checkpoint)?;
+        out.write_all(&chunk).await.map_err(Error::CheckpointFile)?;
+    }
+    out.flush().await.map_err(Error::CheckpointFile)?;
+    Ok(file)
 }

@@ -5,6 +5,15 @@ use std::time::{Duration, Instant};
 /// How long a CLI told to stop a turn has before it is ended.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// How many times a prompt's turn is started before a prompt whose turns keep being cut
+/// off (their worker stopped mid-turn each time: killed, out of memory) is given up.
+pub const MAX_TURN_STARTS: i32 = 3;
+
+/// Whether the `started`-th start of a prompt's turn is one too many.
+pub fn gives_up(started: i32) -> bool {
+    started > MAX_TURN_STARTS
+}
+
 use object_store::path::Path as ObjectPath;
 use proto::ChatEvent;
 use proto::v1::EventBody;
@@ -92,6 +101,30 @@ impl State {
     }
 
     pub(super) async fn start_turn(&mut self, prompt: Prompt) {
+        // Counted before anything else, restoring the session included: what cut the
+        // earlier attempts may be this start itself.
+        match self
+            .ctx
+            .records
+            .count_turn_start(&prompt.event.event_id)
+            .await
+        {
+            Ok(started) if gives_up(started) => {
+                tracing::error!(
+                    started,
+                    "a prompt whose turns keep being cut off is given up"
+                );
+                self.fail_prompt(&prompt, &render::cut_turn_given_up(started - 1))
+                    .await;
+                return;
+            }
+            Ok(_) => {}
+            // The bound is checked again at the next delivery; the turn's own records fail
+            // visibly if the database is gone.
+            Err(err) => {
+                tracing::warn!(error = %common::error_chain(&err), "turn start not counted")
+            }
+        }
         if self.live.is_none()
             && let Some(refusal) = self.refuse_new_session(&prompt.event).await
         {
@@ -163,7 +196,11 @@ impl State {
             .session
             .as_ref()
             .expect("ensure_live started the session");
-        let before = session.files().manifest().await.ok();
+        let before = session
+            .files()
+            .manifest(self.ctx.config.worker.max_artifact_bytes)
+            .await
+            .ok();
         let handle = session.agent_handle();
         if let Err(err) = handle.send_message(&text).await {
             self.fail_prompt(
@@ -449,7 +486,10 @@ impl State {
                 .await
                 .ok()
                 .and_then(|all| all.first().map(|(turn, _)| *turn));
-            let text = render::checkpoint_not_saved(number, saved, &err.chain());
+            let text = match err.too_large() {
+                Some((size, limit)) => render::workspace_over_limit(number, size, limit, saved),
+                None => render::checkpoint_not_saved(number, saved, &err.chain()),
+            };
             if let Some(live) = self.live.as_mut() {
                 let _ = live.replies.create(text, None).await;
             }
@@ -469,5 +509,17 @@ impl State {
             "turn finished"
         );
         self.set_status(Status::Idle).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_is_given_up_after_its_allowed_starts() {
+        assert!((1..=MAX_TURN_STARTS).all(|started| !gives_up(started)));
+        assert!(gives_up(MAX_TURN_STARTS + 1));
+        assert!(gives_up(i32::MAX));
     }
 }

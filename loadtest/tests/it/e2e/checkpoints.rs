@@ -21,7 +21,7 @@ const TURN: Duration = Duration::from_secs(120);
 /// Posts `text` (a reply when `root` is given) and waits for its answer, allowing every
 /// permission request it makes on the way (bash asks in `default` mode). Returns the
 /// thread's root id and the answer.
-async fn turn(fleet: &LocalFleet, root: Option<&str>, text: &str) -> (String, Post) {
+pub(super) async fn turn(fleet: &LocalFleet, root: Option<&str>, text: &str) -> (String, Post) {
     let before = match root {
         Some(root) => answers(fleet, root).await.len(),
         None => 0,
@@ -58,7 +58,7 @@ async fn turn(fleet: &LocalFleet, root: Option<&str>, text: &str) -> (String, Po
 
 /// Waits until the thread's checkpoint of `turn` is recorded (the answer is posted just
 /// before it is taken).
-async fn checkpointed(env: &TestEnv, root: &str, turn: i32) -> String {
+pub(super) async fn checkpointed(env: &TestEnv, root: &str, turn: i32) -> String {
     let pool = env.pool();
     eventually(TURN, "the turn's checkpoint", || async {
         let client = pool.get().await.unwrap();
@@ -76,7 +76,7 @@ async fn checkpointed(env: &TestEnv, root: &str, turn: i32) -> String {
 
 /// A second worker joins and the first dies: the thread's next message is handled by the
 /// second, which restores the last checkpoint.
-async fn take_over(fleet: &mut LocalFleet) {
+pub(super) async fn take_over(fleet: &mut LocalFleet) {
     fleet.add_worker().await.unwrap();
     fleet.workers.remove(0).kill();
 }

@@ -16,7 +16,7 @@ const SLEEP_S: u64 = 10;
 
 /// Waits until `check` gives a value, allowing every permission request
 /// posted in the thread on the way (Bash asks in `default` mode).
-async fn allowing<T>(
+pub(super) async fn allowing<T>(
     fleet: &LocalFleet,
     root: &str,
     within: Duration,
@@ -38,7 +38,7 @@ async fn allowing<T>(
     .await
 }
 
-async fn session_id(env: &TestEnv, root: &str) -> String {
+pub(super) async fn session_id(env: &TestEnv, root: &str) -> String {
     let pool = env.pool();
     eventually(TURN, "the session's record", || async {
         let client = pool.get().await.unwrap();

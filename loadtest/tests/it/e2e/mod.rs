@@ -4,6 +4,7 @@
 
 mod chat;
 mod checkpoints;
+mod cut_turns;
 mod docker;
 mod entry;
 mod failures;
@@ -13,3 +14,4 @@ mod model_api;
 mod outage;
 mod retention;
 pub mod support;
+mod workspace_limit;

@@ -199,7 +199,9 @@ proptest! {
         let checkpoint = checkpoint_dir(src.path()).unwrap();
         let mount = Path::new("/session");
         let upload = checkpoint_to_owned_tar(&checkpoint, 1000, 1000, mount).unwrap();
-        let again = session_tar_to_checkpoint(&as_docker_download(&upload), "session").unwrap();
+        let again =
+            session_tar_to_checkpoint(as_docker_download(&upload).as_slice(), "session", Vec::new())
+                .unwrap();
         let dst = tempfile::tempdir().unwrap();
         restore_dir(&again, dst.path()).unwrap();
         // Docker gets a relative link leaving the volume as the absolute path it names.
@@ -215,6 +217,85 @@ proptest! {
             .collect();
         prop_assert_eq!(expected, describe(dst.path()));
     }
+
+    /// Streamed through files, as the worker takes and restores checkpoints: a limit the
+    /// tree fits in changes nothing; one it exceeds refuses it, naming its exact size
+    /// (each file once, however many names it has).
+    #[test]
+    fn a_checkpoint_through_files_respects_the_limit(ops in tree(), under in 1u64..200) {
+        let src = tempfile::tempdir().unwrap();
+        build(src.path(), &ops);
+        let mut inodes = std::collections::HashSet::new();
+        let size: u64 = describe(src.path())
+            .keys()
+            .filter_map(|path| std::fs::symlink_metadata(src.path().join(path)).ok())
+            .filter(|meta| meta.is_file() && inodes.insert(meta.ino()))
+            .map(|meta| meta.len())
+            .sum();
+        prop_assert_eq!(tree_size(src.path()).unwrap(), size);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        write_checkpoint(src.path(), file.reopen().unwrap(), size.max(1)).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        restore_dir(file.path(), dst.path()).unwrap();
+        prop_assert_eq!(describe(src.path()), describe(dst.path()));
+        if size > under {
+            let refused = write_checkpoint(src.path(), Vec::new(), size - under);
+            prop_assert!(
+                matches!(refused, Err(Error::TooLarge { size: s, limit }) if s == size && limit == size - under),
+                "{:?}", refused
+            );
+        }
+    }
+}
+
+#[test]
+fn files_above_the_hashing_limit_are_fingerprinted_not_read() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("small.txt"), "small").unwrap();
+    std::fs::write(src.path().join("big.bin"), vec![7u8; 4096]).unwrap();
+    let manifest = manifest_dir(src.path(), 1024).unwrap();
+    assert_eq!(manifest.files["small.txt"].size, 5);
+    assert_eq!(manifest.files["small.txt"].sha256.len(), 64);
+    assert_eq!(manifest.files["big.bin"].size, 4096);
+    assert!(manifest.files["big.bin"].sha256.starts_with("unhashed:"));
+    // Rewritten (another modification time): a change, without reading it.
+    let file = File::options()
+        .write(true)
+        .open(src.path().join("big.bin"))
+        .unwrap();
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(1))
+        .unwrap();
+    let again = manifest_dir(src.path(), 1024).unwrap();
+    assert_eq!(
+        again.changes_since(&manifest),
+        vec![Change {
+            path: "big.bin".into(),
+            kind: ChangeKind::Modified
+        }]
+    );
+    // Without a limit everything is hashed, as before.
+    let hashed = manifest_dir(src.path(), 0).unwrap();
+    assert_eq!(hashed.files["big.bin"].sha256.len(), 64);
+}
+
+#[test]
+fn a_file_is_found_in_a_single_file_tar_without_reading_it() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_size(11);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "notes.txt", b"hello there".as_slice())
+        .unwrap();
+    let bytes = tar.into_inner().unwrap();
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&bytes).unwrap();
+    use std::io::Seek;
+    file.rewind().unwrap();
+    let (mut content, size) = single_file_in_tar(file).unwrap().expect("a file");
+    let mut read = String::new();
+    (&mut content).take(size).read_to_string(&mut read).unwrap();
+    assert_eq!((size, read.as_str()), (11, "hello there"));
 }
 
 #[test]
@@ -622,6 +703,6 @@ fn the_manifest_lists_regular_files_only() {
     std::fs::create_dir_all(ws.join("sub")).unwrap();
     std::fs::write(ws.join("sub/a.txt"), "a").unwrap();
     std::os::unix::fs::symlink("/usr/bin", ws.join("bin")).unwrap();
-    let manifest = manifest_dir(&ws).unwrap();
+    let manifest = manifest_dir(&ws, 0).unwrap();
     assert_eq!(manifest.files.keys().collect::<Vec<_>>(), vec!["sub/a.txt"]);
 }

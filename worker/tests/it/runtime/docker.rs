@@ -153,7 +153,7 @@ async fn a_warm_container_serves_a_new_session_and_is_replaced() {
     // A resumed session cannot use it: a cold start, counted as a miss.
     let mut resumed = h.spec();
     resumed.resume = Some(init.session_id.clone());
-    resumed.restore = Some(session.checkpoint().await.unwrap());
+    resumed.restore = Some(std::sync::Arc::new(session.checkpoint(0).await.unwrap()));
     let cold = h.runtime.start(resumed).await.unwrap();
     assert_eq!(rt.pool_metrics().hits.get(), 1);
     assert_eq!(
@@ -309,7 +309,7 @@ async fn a_checkpoint_goes_through_a_docker_volume_with_its_links() {
     uploaded.expect("Docker extracts the checkpoint");
 
     let tar = downloaded.concat();
-    let again = archive::session_tar_to_checkpoint(&tar, "session").unwrap();
+    let again = archive::session_tar_to_checkpoint(tar.as_slice(), "session", Vec::new()).unwrap();
     let dst = tempfile::tempdir().unwrap();
     archive::restore_dir(&again, dst.path()).unwrap();
     let ws = dst.path().join(archive::WORKSPACE);

@@ -7,9 +7,22 @@ mod measure;
 
 use std::time::{Duration, Instant};
 
+use std::io::{Read, Write};
+use std::sync::Arc;
+
 use harness::{Harness, Kind, allow, next_permission, turn_result, until};
 use worker::agent::{Event, PermissionAnswer, PermissionKind, PermissionMode};
-use worker::runtime::SessionSpec;
+use worker::runtime::{ExportedFile, SessionSpec};
+
+/// What an exported file holds.
+fn content(file: &ExportedFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    (&file.content)
+        .take(file.size)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
 
 /// Runs each scenario on the process, docker and sim runtimes.
 macro_rules! on_every_runtime {
@@ -89,8 +102,8 @@ async fn write_and_bash_leave_files(h: Harness) {
         .iter()
         .find(|f| f.path == "hello.txt")
         .expect("hello.txt");
-    assert_eq!(hello.content, b"hello from fake model\n".as_slice());
-    let manifest = files.manifest().await.unwrap();
+    assert_eq!(content(hello), b"hello from fake model\n".as_slice());
+    let manifest = files.manifest(0).await.unwrap();
     assert!(manifest.files.contains_key("hello.txt"), "{manifest:?}");
     if h.kind != Kind::Sim {
         // The sim agent does not run commands.
@@ -98,7 +111,7 @@ async fn write_and_bash_leave_files(h: Harness) {
             .iter()
             .find(|f| f.path == "out.txt")
             .expect("out.txt");
-        assert_eq!(out.content, b"hi\n".as_slice());
+        assert_eq!(content(out), b"hi\n".as_slice());
         assert!(manifest.files.contains_key("out.txt"));
     }
     session.remove().await.unwrap();
@@ -260,15 +273,19 @@ async fn checkpoint_restore_resume(h: Harness) {
     let cli_session = result.session_id.clone();
     assert!(!cli_session.is_empty());
 
-    let checkpoint = session.checkpoint().await.unwrap();
-    assert!(checkpoint.len() > 100);
+    // A limit the workspace is over refuses the checkpoint, saying by how much.
+    let refused = session.checkpoint(10).await.expect_err("over the limit");
+    let (size, limit) = refused.too_large().expect("refused as too large");
+    assert!(size > 10 && limit == 10, "{refused:?}");
+    let checkpoint = session.checkpoint(0).await.unwrap();
+    assert!(checkpoint.as_file().metadata().unwrap().len() > 100);
     // Gone: container (or process) and volume (or directory).
     session.remove().await.unwrap();
     h.fake.clear();
 
     let restored = SessionSpec {
         resume: Some(cli_session.clone()),
-        restore: Some(checkpoint),
+        restore: Some(Arc::new(checkpoint)),
         ..spec
     };
     let mut session = h
@@ -304,7 +321,9 @@ async fn checkpoint_restore_resume(h: Harness) {
 
 async fn an_unrestorable_checkpoint_is_refused_before_the_cli_starts(h: Harness) {
     let mut spec = h.spec();
-    spec.restore = Some(bytes::Bytes::from_static(b"not a checkpoint"));
+    let mut garbage = tempfile::NamedTempFile::new().unwrap();
+    garbage.write_all(b"not a checkpoint").unwrap();
+    spec.restore = Some(Arc::new(garbage));
     let err = h
         .runtime
         .start(spec.clone())
@@ -349,11 +368,11 @@ async fn a_workspace_with_links_survives_a_restore(h: Harness) {
         "mkdir -p empty/inner && ln -s /usr/bin venvlink && ln -s ../../../etc up && echo data > orig && ln orig hard && chmod 750 orig && echo made",
     )
     .await;
-    let checkpoint = session.checkpoint().await.unwrap();
+    let checkpoint = session.checkpoint(0).await.unwrap();
     session.remove().await.unwrap();
 
     let restored = SessionSpec {
-        restore: Some(checkpoint),
+        restore: Some(Arc::new(checkpoint)),
         ..spec
     };
     let mut session = h
