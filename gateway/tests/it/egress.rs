@@ -366,7 +366,11 @@ async fn a_create_whose_answer_was_lost_is_not_posted_twice_after_a_slow_failove
         },
     )
     .await;
-    assert_eq!(standby.metric("ccfleet_gateway_egress_leader").await, 1.0);
+    // The standby leads (under load its lease may lapse and be taken again meanwhile).
+    eventually(Duration::from_secs(30), "the standby to lead", || async {
+        (standby.metric("ccfleet_gateway_egress_leader").await == 1.0).then_some(())
+    })
+    .await;
     let thread = sim.boot.demo.thread(&root.id).await.unwrap();
     let replies: Vec<&str> = thread
         .posts
