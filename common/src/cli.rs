@@ -44,3 +44,126 @@ impl ConfigArgs {
         }
     }
 }
+
+/// Exit status of a failed probe.
+pub const EXIT_PROBE_FAILED: i32 = 1;
+
+/// A container health check without curl in the image: `GET url` (plain `http://host:port/
+/// path`), exit 0 when the answer is 2xx, [`EXIT_PROBE_FAILED`] otherwise, printing why.
+/// Each binary offers it as `--probe URL`, run before any configuration is loaded.
+pub fn probe(url: &str, timeout: std::time::Duration) -> i32 {
+    match probe_status(url, timeout) {
+        Ok(status) if (200..300).contains(&status) => 0,
+        Ok(status) => {
+            eprintln!("probe {url}: HTTP {status}");
+            EXIT_PROBE_FAILED
+        }
+        Err(err) => {
+            eprintln!("probe {url}: {err}");
+            EXIT_PROBE_FAILED
+        }
+    }
+}
+
+/// The status code of `GET url`.
+pub fn probe_status(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
+    use std::io::{Error, ErrorKind, Read, Write};
+    use std::net::ToSocketAddrs;
+
+    let invalid = |why: &str| Error::new(ErrorKind::InvalidInput, why.to_owned());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| invalid("only http:// URLs can be probed"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(invalid("the URL names no host"));
+    }
+    let target = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| invalid("the host resolves to no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ccfleet-probe\r\nConnection: close\r\n\r\n"
+    )?;
+    // The status line fits in the first read of any sane server; read up to its end.
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 128];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1."))
+        .and_then(|l| l.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "the answer is not HTTP"))?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// One-shot server answering `status_line` to the first request.
+    fn serve_once(status_line: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "{status_line}\r\ncontent-length: 2\r\n\r\nok");
+        });
+        format!("http://{addr}/readyz")
+    }
+
+    #[test]
+    fn a_2xx_answer_passes_and_anything_else_fails() {
+        let t = Duration::from_secs(5);
+        assert_eq!(probe(&serve_once("HTTP/1.1 200 OK"), t), 0);
+        assert_eq!(
+            probe(&serve_once("HTTP/1.1 503 Service Unavailable"), t),
+            EXIT_PROBE_FAILED
+        );
+        assert_eq!(
+            probe_status(&serve_once("HTTP/1.0 204 No Content"), t).unwrap(),
+            204
+        );
+    }
+
+    #[test]
+    fn nothing_listening_and_bad_urls_fail_with_a_reason() {
+        let t = Duration::from_secs(5);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        assert!(probe_status(&format!("http://{addr}/healthz"), t).is_err());
+        assert_eq!(
+            probe(&format!("http://{addr}/healthz"), t),
+            EXIT_PROBE_FAILED
+        );
+        assert!(probe_status("https://127.0.0.1:1/", t).is_err());
+        assert!(probe_status("http:///x", t).is_err());
+    }
+}

@@ -29,6 +29,13 @@ pub enum Error {
         #[source]
         source: async_nats::Error,
     },
+    #[error("could not create or open consumer {consumer} of stream {stream}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
     #[error("could not create or open KV bucket {bucket}")]
     Bucket {
         bucket: String,
@@ -112,6 +119,18 @@ pub struct Fabric {
     pub posts: kv::Store,
 }
 
+/// The configuration of a pull consumer that several processes share (the workers' claim
+/// and dispatch consumers): whoever creates it first, the others open the same one.
+pub fn shared_pull_config(name: String) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(name),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
 /// Creates (or opens, when they exist) every stream and bucket the fleet uses. Safe to
 /// call from every process at start, concurrently.
 pub async fn ensure_fabric(
@@ -182,6 +201,20 @@ pub async fn ensure_fabric(
         },
     )
     .await?;
+    // The claim consumer exists before any worker does, so an autoscaler reading its lag
+    // (KEDA's nats-jetstream scaler: num_pending + num_ack_pending) sees the queue even
+    // when no worker runs, instead of falling back to the stream's last sequence.
+    queue
+        .get_or_create_consumer(
+            &names.claim_consumer(),
+            shared_pull_config(names.claim_consumer()),
+        )
+        .await
+        .map_err(|source| Error::Consumer {
+            stream: names.queue_stream(),
+            consumer: names.claim_consumer(),
+            source: Box::new(source),
+        })?;
     // The bot's thread membership and post references are kept for as long as the session
     // records that refer to them (for ever, today): a session thread must keep working
     // after its events have expired. A bucket made with an expiry loses it here.

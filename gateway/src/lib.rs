@@ -165,13 +165,19 @@ impl Gateway {
             // Checked once here, so a bad URL fails the start instead of a restart loop.
             drop(ws_listener(&state)?);
             let (ws_state, token) = (state.clone(), shutdown.clone());
+            // Down until the first connection stands.
+            state.health.set_down(WEBSOCKET_LOOP);
             tasks.spawn(supervise::supervise(
-                "websocket",
-                supervise::Up::OnStart,
+                WEBSOCKET_LOOP,
+                supervise::Up::ByItself,
                 state.health.clone(),
                 shutdown.clone(),
                 move || {
-                    let (listener, token) = (ws_listener(&ws_state), token.clone());
+                    let listener = ws_listener(&ws_state).map(|mut l| {
+                        l.ready = Some((ws_state.health.clone(), WEBSOCKET_LOOP));
+                        l
+                    });
+                    let token = token.clone();
                     async move {
                         listener?.run(token).await;
                         Ok::<_, ingress::ws::Error>(())
@@ -238,6 +244,9 @@ impl Gateway {
         }
     }
 }
+
+/// The WebSocket listener's name in `/readyz`.
+const WEBSOCKET_LOOP: &str = "websocket";
 
 fn ws_listener(state: &AppState) -> Result<ingress::ws::Listener, ingress::ws::Error> {
     ingress::ws::Listener::new(

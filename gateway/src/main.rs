@@ -16,10 +16,17 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     #[command(flatten)]
     config: common::cli::ConfigArgs,
+    /// Health check for containers: GET this http:// URL (e.g. the instance's `/readyz`)
+    /// and exit 0 on 2xx, 1 otherwise; nothing else runs.
+    #[arg(long, value_name = "URL")]
+    probe: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(url) = &args.probe {
+        std::process::exit(common::cli::probe(url, std::time::Duration::from_secs(3)));
+    }
     let config = args.config.load_or_exit("ccfleet-gateway");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

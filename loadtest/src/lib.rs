@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod compose;
 pub mod doubles;
 pub mod fake_model;
 pub mod faults;

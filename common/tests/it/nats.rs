@@ -160,3 +160,42 @@ async fn the_events_stream_allows_the_configured_consumers_and_an_older_limit_is
     let mut events = fabric.events.clone();
     assert_eq!(events.info().await.unwrap().config.max_consumers, 5000);
 }
+
+/// An autoscaler reads the claim consumer's lag before any worker has started: the fabric
+/// creates the consumer, and its lag (num_pending + num_ack_pending, as KEDA's
+/// nats-jetstream scaler computes it) counts what waits in the queue.
+#[tokio::test]
+async fn the_claim_consumer_exists_before_any_worker_and_counts_the_queue() {
+    let env = TestEnv::new().await;
+    let client = env.nats().await;
+    let fabric = ensure_fabric(&client, &topology(&env)).await.unwrap();
+    let names = topology(&env).names;
+    for n in 0..3 {
+        let subject = names.queue_subject(&ThreadId::from(format!("thread{n}").as_str()));
+        fabric
+            .js
+            .publish(subject, "waiting".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut consumer = fabric
+        .queue
+        .get_consumer::<jetstream::consumer::pull::Config>(&names.claim_consumer())
+        .await
+        .expect("ensure_fabric creates the claim consumer");
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_pending + info.num_ack_pending as u64, 3);
+    // A worker opening it with its own (shared) configuration gets the same consumer.
+    let reopened = fabric
+        .queue
+        .get_or_create_consumer(
+            &names.claim_consumer(),
+            common::nats::shared_pull_config(names.claim_consumer()),
+        )
+        .await;
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+    // And a second start of the fabric keeps it.
+    ensure_fabric(&client, &topology(&env)).await.unwrap();
+}

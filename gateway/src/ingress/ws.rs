@@ -50,6 +50,9 @@ pub struct Listener {
     pub bot_id: String,
     pub bot_username: String,
     pub publisher: Publisher,
+    /// Marked up under this name once the first connection stands (`/readyz`): a gateway
+    /// is not ready before it can see mentions.
+    pub ready: Option<(std::sync::Arc<common::health::Health>, &'static str)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +128,7 @@ impl Listener {
             token: token.to_owned(),
             bot_id: bot_id.to_owned(),
             bot_username: bot_username.to_owned(),
+            ready: None,
             publisher,
         })
     }
@@ -170,6 +174,9 @@ impl Listener {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(Error::Connect)?;
+        if let Some((health, name)) = &self.ready {
+            health.set_up(name);
+        }
         tracing::info!(
             resuming = cursor.resume.is_some(),
             "Mattermost WebSocket connected"

@@ -2,6 +2,7 @@
 //! network interfaces only.
 
 mod bench;
+mod compose;
 mod e2e;
 mod fake_model;
 mod faults;

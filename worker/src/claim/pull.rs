@@ -11,7 +11,7 @@ use proto::ThreadId;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::beat;
-use super::queue::shared_consumer;
+use super::queue::{shared_consumer, threads_waiting};
 use super::state::{LeaseResult, OnLease, OnQueued};
 use crate::ctx::Ctx;
 
@@ -30,24 +30,29 @@ pub(crate) async fn claim_loop(
     else {
         return;
     };
+    let mut waiting_before = false;
     loop {
         if stop.is_cancelled() {
             return;
         }
         let wants = ctx.claimer.lock().expect("claimer lock").wants_work();
+        if wants {
+            waiting_before = false;
+        }
         if !wants {
-            // Full: if threads are waiting, ask an idle session of ours to make room.
+            // Full: if threads have been waiting for a slot anywhere in the fleet (twice in
+            // a row, half a second apart: a worker with a free slot would have taken them),
+            // ask an idle session of ours to make room. Counting the stream's messages
+            // instead would count the thread this worker is claiming right now, and put
+            // its own next idle session to sleep for nothing.
             let draining = ctx.claimer.lock().expect("claimer lock").is_draining();
-            if !draining {
-                let mut queue = ctx.fabric.queue.clone();
-                if queue
-                    .info()
-                    .await
-                    .map(|i| i.state.messages > 0)
-                    .unwrap_or(false)
-                {
+            if !draining && threads_waiting(&ctx).await > 0 {
+                if waiting_before {
                     ctx.evict_idle.notify_one();
                 }
+                waiting_before = true;
+            } else {
+                waiting_before = false;
             }
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -31,6 +31,22 @@ pub(crate) async fn enqueue(
         .await
 }
 
+/// Queued threads no worker has taken yet: the claim consumer's undelivered messages. A
+/// thread being claimed (delivered, not yet acknowledged) is not waiting, nor is one a
+/// worker with a free slot is about to pull (its pull request takes it at once), so this
+/// counts only threads for which the whole fleet is full. 0 when unknown.
+pub(crate) async fn threads_waiting(ctx: &Ctx) -> u64 {
+    let consumer: Result<jetstream::consumer::Consumer<pull::Config>, _> = ctx
+        .fabric
+        .queue
+        .get_consumer(&ctx.names.claim_consumer())
+        .await;
+    match consumer {
+        Ok(mut consumer) => consumer.info().await.map(|i| i.num_pending).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// Events of `thread` not handled yet: undelivered, or delivered and unacknowledged.
 pub(crate) async fn pending_events(ctx: &Ctx, thread: &ThreadId) -> u64 {
     let consumer: Result<jetstream::consumer::Consumer<pull::Config>, _> = ctx
@@ -55,13 +71,7 @@ pub(crate) async fn shared_consumer(
     stop: &CancellationToken,
 ) -> Option<jetstream::consumer::Consumer<pull::Config>> {
     loop {
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 10_000,
-            ..Default::default()
-        };
+        let config = common::nats::shared_pull_config(name.clone());
         match stream.get_or_create_consumer(&name, config).await {
             Ok(consumer) => return Some(consumer),
             Err(err) => {

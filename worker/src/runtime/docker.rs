@@ -128,6 +128,65 @@ fn docker_error(op: &'static str, session: &SessionId) -> impl Fn(bollard::error
     }
 }
 
+/// Networks Docker always has, and the forms that name no network of their own.
+fn is_builtin_network(name: &str) -> bool {
+    matches!(name, "" | "none" | "bridge" | "host" | "default") || name.starts_with("container:")
+}
+
+/// Creates the named session network (a plain bridge, labelled with the fleet) when it
+/// does not exist, so a deployment only names it (`worker.network`); an operator may make
+/// it first with other options, and it is then used as it is. Two workers starting at once
+/// may both create it (the engine allows equal names): each then keeps the network with
+/// the smallest id and removes its own other one, so one remains.
+async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), Error> {
+    if is_builtin_network(name) {
+        return Ok(());
+    }
+    let failed = |op: &'static str| {
+        move |source| Error::Docker {
+            op,
+            session: format!("network {name}"),
+            source,
+        }
+    };
+    match docker.inspect_network(name, None).await {
+        Ok(_) => return Ok(()),
+        Err(err) if is_not_found(&err) => {}
+        Err(err) => return Err(failed("inspect_network")(err)),
+    }
+    let created = docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(HashMap::from([(LABEL_FLEET.to_owned(), fleet.to_owned())])),
+            ..Default::default()
+        })
+        .await
+        .map_err(failed("create_network"))?;
+    tracing::info!(network = name, "created the session network");
+    let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+    let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let mut same: Vec<String> = docker
+        .list_networks(Some(options))
+        .await
+        .map_err(failed("list_networks"))?
+        .into_iter()
+        // The filter matches parts of names.
+        .filter(|n| n.name.as_deref() == Some(name))
+        .filter_map(|n| n.id)
+        .collect();
+    same.sort();
+    if same.len() > 1 && same.first() != Some(&created.id) {
+        docker
+            .remove_network(&created.id)
+            .await
+            .map_err(failed("remove_network"))?;
+    }
+    Ok(())
+}
+
 fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -155,6 +214,7 @@ impl DockerRuntime {
             }
             Err(err) => return Err(Error::DockerUnavailable(err)),
         }
+        ensure_network(&docker, &options.network, &options.fleet).await?;
         Ok(Self {
             pool: Arc::new(WarmPool::new(options.warm_pool)),
             docker,

@@ -253,6 +253,11 @@ impl State {
                     Box::pin(self.save_unsaved()).await;
                 }
                 () = self.ctx.evict_idle.notified(), if !busy && !draining && self.turns_done > 0 && self.unsaved.is_none() => {
+                    // The request may be old (a Notify keeps one): sleep only if a thread
+                    // still waits for a slot.
+                    if crate::claim::queue::threads_waiting(&self.ctx).await == 0 {
+                        continue;
+                    }
                     // A queued thread needs this slot; this one sleeps, resumable.
                     if let Some(live) = self.live.as_mut() {
                         let _ = live.replies.create(render::evicted(), None).await;

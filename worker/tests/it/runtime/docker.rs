@@ -379,3 +379,55 @@ async fn a_dead_worker_s_containers_are_fenced_and_cleaned_up_by_another_worker(
     dead.remove_data(&id).await.unwrap();
     dead.remove_data(&left_id).await.unwrap();
 }
+
+/// A deployment only names the session network (`worker.network`): the first worker to
+/// start creates it, labelled with the fleet; workers starting together leave exactly one.
+#[tokio::test]
+async fn a_missing_session_network_is_created_once_even_by_workers_starting_together() {
+    use std::collections::HashMap;
+
+    let h = Harness::docker(None).await;
+    let name = format!("ccfleet-it-net-{}", uuid::Uuid::new_v4().simple());
+    let mut options = h.docker_options.clone().expect("a docker harness");
+    options.network = name.clone();
+    let (a, b, c) = tokio::join!(
+        worker::runtime::DockerRuntime::connect(options.clone()),
+        worker::runtime::DockerRuntime::connect(options.clone()),
+        worker::runtime::DockerRuntime::connect(options.clone()),
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let docker = docker_of(&h).client().clone();
+    let named = || {
+        let docker = docker.clone();
+        let name = name.clone();
+        async move {
+            let filters = HashMap::from([("name".to_owned(), vec![name.clone()])]);
+            let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+                .filters(&filters)
+                .build();
+            docker
+                .list_networks(Some(options))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.name.as_deref() == Some(name.as_str()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let networks = named().await;
+    assert_eq!(networks.len(), 1, "{networks:#?}");
+    let labels = networks[0].labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(worker::runtime::LABEL_FLEET),
+        Some(&options.fleet),
+        "labelled with the fleet"
+    );
+    // A later start uses it as it is.
+    worker::runtime::DockerRuntime::connect(options.clone())
+        .await
+        .unwrap();
+    assert_eq!(named().await.len(), 1);
+    docker.remove_network(&name).await.unwrap();
+}

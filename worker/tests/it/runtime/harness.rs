@@ -30,7 +30,7 @@ pub struct Harness {
     /// The docker runtime's worker id: [`Drop`] removes what a failed test left.
     docker_worker: Option<String>,
     /// The docker runtime's options, for [`Harness::docker_sibling`].
-    docker_options: Option<DockerOptions>,
+    pub docker_options: Option<DockerOptions>,
     /// Session directories of the process and sim runtimes.
     _dir: tempfile::TempDir,
     _cancel: tokio_util::sync::DropGuard,
