@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import jsonschema
 import yaml
@@ -38,9 +37,10 @@ def main() -> int:
     for o in objects:
         (builtins if o.get("apiVersion") in BUILTIN_GROUPS else custom).append(o)
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    # Named after the rendered file, so errors say which values file it came from.
+    builtin_file = args.rendered.removesuffix(".yaml") + ".builtin.yaml"
+    with open(builtin_file, "w") as f:
         yaml.safe_dump_all(builtins, f)
-        builtin_file = f.name
     try:
         cli = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
         result = subprocess.run(
