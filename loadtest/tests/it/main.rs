@@ -1,9 +1,11 @@
 //! loadtest's integration tests: the simulator and the fake model, through their
-//! network interfaces only.
+//! network interfaces only; and the deployment chart against the names and configuration
+//! the code uses (`helm_names`).
 
 mod bench;
 mod compose;
 mod e2e;
 mod fake_model;
 mod faults;
+mod helm_names;
 mod mmsim;
