@@ -215,6 +215,10 @@ impl State {
                     request_id,
                     answer,
                 } => {
+                    // The wait is over once the answer goes to the CLI.
+                    if let Some(turn) = self.turn.as_mut() {
+                        turn.waits.remove(&request_id);
+                    }
                     if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
                         match session.agent_handle().respond(&request_id, answer).await {
                             Ok(()) => {
@@ -288,6 +292,9 @@ impl State {
     /// asks again what an earlier one asked — re-bind the stored approval (and deliver
     /// its decision if it was answered meanwhile).
     pub(super) async fn ask(&mut self, request: PermissionRequest) {
+        if let Some(turn) = self.turn.as_mut() {
+            turn.wait_for_answer(&request);
+        }
         let fingerprint = approvals::fingerprint(&request.tool_name, &request.input);
         let event_id = self
             .turn
@@ -345,6 +352,9 @@ impl State {
 
     /// The CLI no longer needs an answer to `request_id`.
     pub(super) async fn withdraw(&mut self, request_id: String) {
+        if let Some(turn) = self.turn.as_mut() {
+            turn.waits.remove(&request_id);
+        }
         let effects = self
             .approvals
             .withdrawn(Withdrawal::Cancelled { request_id });
