@@ -164,9 +164,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let recorded = span.clone();
         async {
             let response = request.send().await;
-            record_status(&response);
+            record_status(&recorded, &response);
             check(
                 call,
                 response.map_err(|source| Error::Network { call, source })?,
@@ -406,9 +407,10 @@ impl Client {
         let url = format!("{}/api/v4/files", self.base);
         let span = http_span(&Method::POST, &url);
         let request = self.http.post(url).bearer_auth(&self.token).multipart(form);
+        let recorded = span.clone();
         let (response, rate) = async {
             let response = request.send().await;
-            record_status(&response);
+            record_status(&recorded, &response);
             check(
                 call,
                 response.map_err(|source| Error::Network { call, source })?,
@@ -448,13 +450,12 @@ fn http_span(method: &Method, url: &str) -> tracing::Span {
     )
 }
 
-/// Records the outcome of a request on the current span (made by [`http_span`]).
-fn record_status(response: &Result<reqwest::Response, reqwest::Error>) {
-    let span = tracing::Span::current();
+/// Records the outcome of a request on its span (made by [`http_span`]).
+fn record_status(span: &tracing::Span, response: &Result<reqwest::Response, reqwest::Error>) {
     match response {
         Ok(response) => {
             let status = response.status().as_u16();
-            span.record("http.response.status_code", status);
+            span.record("http.response.status_code", i64::from(status));
             if status >= 400 {
                 span.record("error.type", tracing::field::display(status));
                 span.record("otel.status_code", "ERROR");

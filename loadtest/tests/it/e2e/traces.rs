@@ -424,7 +424,11 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
             assert!(attr_str(call, "url.full").contains("/api/v4/"));
             assert_eq!(attr_str(call, "server.address"), "127.0.0.1");
             let status = attr_int(call, "http.response.status_code").unwrap_or_default();
-            assert!((200..300).contains(&status), "{status}");
+            assert!(
+                (200..300).contains(&status),
+                "{status}: {:?}",
+                call.attributes
+            );
         }
     }
     assert!(calls >= 3, "Mattermost calls under the applies:\n{listing}");
