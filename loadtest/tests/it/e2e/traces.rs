@@ -280,7 +280,9 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
                     .filter(|s| s.trace_id == trace_id)
                     .collect(),
             );
-            let complete = !trace.named("checkpoint").is_empty()
+            // Every span's parent arrived too (a parent ends after its children).
+            let complete = trace.roots().len() == 1
+                && !trace.named("checkpoint").is_empty()
                 && !trace.named("artifacts").is_empty()
                 && trace
                     .named(&replies)
