@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::routing::post;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
+use loadtest::mmsim::client::EventKind;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -20,6 +21,7 @@ use prost::Message as _;
 use super::support::*;
 
 const TURN: Duration = Duration::from_secs(60);
+const TRACE_URL: &str = "http://traces.test/trace/{trace_id}";
 
 /// Spans received, in arrival order.
 #[derive(Clone, Default)]
@@ -235,7 +237,10 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
     // runs each test in its own process, so this provider sees only this fleet.
     let guard =
         Arc::new(common::telemetry::init(&telemetry, "ccfleet-e2e").expect("telemetry installs"));
-    let fleet = fleet(&env, 1, 4, RuntimeKind::Process, "default").await;
+    let fleet = fleet_with(&env, 1, 4, RuntimeKind::Process, "default", |config| {
+        config.telemetry.trace_url = TRACE_URL.into();
+    })
+    .await;
     let prefix = fleet.config.nats.prefix.clone();
     let root = fleet
         .demo()
@@ -248,6 +253,20 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
         .unwrap();
     let prompt = wait_for_post(&fleet, &root.id, TURN, "the permission request", |p| {
         p.message.contains("Permission needed")
+    })
+    .await;
+    // A reaction counts once the gateway knows the post's thread, which egress records
+    // just after creating it (a person is never that fast; a test is).
+    let nats = async_nats::connect(fleet.config.nats.url.as_str())
+        .await
+        .unwrap();
+    let posts = async_nats::jetstream::new(nats)
+        .get_key_value(proto::names::Names::new(prefix.clone()).posts_bucket())
+        .await
+        .unwrap();
+    let key = proto::names::post_thread_key(&proto::PostId::from(prompt.id.as_str()));
+    eventually(TURN, "the request post's thread recorded", || async {
+        posts.get(key.as_str()).await.ok().flatten()
     })
     .await;
     fleet.demo().react(&prompt.id, "+1").await.unwrap();
@@ -442,10 +461,27 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
     // The turn's record carries the trace id (for `/claude status` and the admin API).
     let records = worker::records::Records::new(env.pool());
     let turns = records.turn_traces(&root.id, 5).await.unwrap();
-    assert_eq!(
-        turns[0].trace_id.as_deref(),
-        Some(hex(&turn.trace_id).as_str())
-    );
+    let trace_id = hex(&turn.trace_id);
+    assert_eq!(turns[0].trace_id.as_deref(), Some(trace_id.as_str()));
+    // `/claude status` links the turn to it.
+    let mut events = fleet.demo().websocket().await.unwrap();
+    fleet
+        .demo()
+        .execute_command(fleet.channel_id(), "/claude status", Some(&root.id))
+        .await
+        .unwrap();
+    let link = format!("[turn 1](http://traces.test/trace/{trace_id})");
+    let status = events
+        .wait_for(TURN, |e| {
+            e.kind() == EventKind::EphemeralMessage
+                && e.post().is_some_and(|p| p.message.contains("Traces:"))
+        })
+        .await
+        .expect("the status, privately")
+        .post()
+        .unwrap()
+        .message;
+    assert!(status.contains(&link), "{status}");
 
     assert_contract(&fleet).await;
     fleet.stop().await;
