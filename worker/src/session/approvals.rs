@@ -379,16 +379,29 @@ impl State {
         let payload = event
             .encode()
             .map_err(|err| Error::Replies(crate::replies::Error::Encode(err)))?;
+        let subject = self.ctx.names.event_subject(&self.thread);
+        // The admitted message's turn joins the trace of the answer that admitted it.
+        let span = common::telemetry::publish_span(
+            &self.ctx.names.events_destination(),
+            &subject,
+            &event.event_id,
+        );
+        span.record("thread_id", tracing::field::display(&self.thread));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(proto::names::MSG_ID_HEADER, event.event_id.as_str());
-        common::telemetry::inject(&mut headers);
-        let subject = self.ctx.names.event_subject(&self.thread);
+        common::telemetry::inject_span(&span, &mut headers);
         let js = &self.ctx.fabric.js;
-        js.publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(Error::consumer)?
-            .await
-            .map_err(Error::consumer)?;
+        tracing::Instrument::instrument(
+            async {
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(Error::consumer)?
+                    .await
+                    .map_err(Error::consumer)
+            },
+            span,
+        )
+        .await?;
         self.ctx.records.mark_approval_delivered(approval).await?;
         Ok(())
     }
