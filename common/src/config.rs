@@ -155,6 +155,10 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// Fraction of traces sampled, 0.0–1.0.
     pub sample_ratio: f64,
+    /// Where a trace is shown, with `{trace_id}` where its id goes, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`. Empty: no trace links.
+    #[serde(default)]
+    pub trace_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -430,6 +434,15 @@ impl Config {
             return Err(Error::invalid(
                 "telemetry.otlp_endpoint",
                 "must be an http(s) URL or empty",
+            ));
+        }
+        let trace_url = &self.telemetry.trace_url;
+        if !trace_url.is_empty()
+            && (!trace_url.starts_with("http") || !trace_url.contains("{trace_id}"))
+        {
+            return Err(Error::invalid(
+                "telemetry.trace_url",
+                "must be an http(s) URL containing {trace_id}, or empty",
             ));
         }
         if !self.mattermost.url.is_empty() && !self.mattermost.url.starts_with("http") {

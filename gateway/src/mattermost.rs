@@ -1,6 +1,7 @@
 //! The Mattermost REST v4 calls the gateway makes, with errors classified for retry.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -157,18 +158,24 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<(reqwest::Response, RateInfo), Error> {
-        let mut request = self
-            .http
-            .request(method, format!("{}/api/v4{path}", self.base))
-            .bearer_auth(&self.token);
+        let url = format!("{}/api/v4{path}", self.base);
+        let span = http_span(&method, &url);
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
+        let recorded = span.clone();
+        async {
+            let response = request.send().await;
+            record_status(&recorded, &response);
+            check(
+                call,
+                response.map_err(|source| Error::Network { call, source })?,
+            )
             .await
-            .map_err(|source| Error::Network { call, source })?;
-        check(call, response).await
+        }
+        .instrument(span)
+        .await
     }
 
     pub async fn me(&self) -> Result<User, Error> {
@@ -397,15 +404,21 @@ impl Client {
         let form = reqwest::multipart::Form::new()
             .text("channel_id", channel_id.to_owned())
             .part("files", part);
-        let response = self
-            .http
-            .post(format!("{}/api/v4/files", self.base))
-            .bearer_auth(&self.token)
-            .multipart(form)
-            .send()
+        let url = format!("{}/api/v4/files", self.base);
+        let span = http_span(&Method::POST, &url);
+        let request = self.http.post(url).bearer_auth(&self.token).multipart(form);
+        let recorded = span.clone();
+        let (response, rate) = async {
+            let response = request.send().await;
+            record_status(&recorded, &response);
+            check(
+                call,
+                response.map_err(|source| Error::Network { call, source })?,
+            )
             .await
-            .map_err(|source| Error::Network { call, source })?;
-        let (response, rate) = check(call, response).await?;
+        }
+        .instrument(span)
+        .await?;
         let body: Value = response
             .json()
             .await
@@ -415,6 +428,50 @@ impl Client {
             .unwrap_or_default()
             .to_owned();
         Ok((id, rate))
+    }
+}
+
+/// A CLIENT span for one request to Mattermost, in OpenTelemetry's HTTP conventions
+/// (named after the method: the URL holds ids). The status is recorded by
+/// [`record_status`].
+fn http_span(method: &Method, url: &str) -> tracing::Span {
+    let parsed = reqwest::Url::parse(url).ok();
+    tracing::info_span!(
+        "http",
+        otel.name = %method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        url.full = %url,
+        server.address = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or_default(),
+        server.port = parsed.as_ref().and_then(reqwest::Url::port_or_known_default).unwrap_or_default(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Records the outcome of a request on its span (made by [`http_span`]).
+fn record_status(span: &tracing::Span, response: &Result<reqwest::Response, reqwest::Error>) {
+    match response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            span.record("http.response.status_code", i64::from(status));
+            if status >= 400 {
+                span.record("error.type", tracing::field::display(status));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(err) => {
+            let kind = if err.is_timeout() {
+                "timeout"
+            } else if err.is_connect() {
+                "connect"
+            } else {
+                "request"
+            };
+            span.record("error.type", kind);
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

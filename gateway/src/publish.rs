@@ -6,6 +6,7 @@ use std::time::Instant;
 use async_nats::jetstream;
 use proto::names::{self, MSG_ID_HEADER, Names};
 use proto::{ChatEvent, Message, PostId, ThreadId};
+use tracing::Instrument as _;
 
 use crate::metrics::Metrics;
 
@@ -56,25 +57,31 @@ impl Publisher {
         source: &'static str,
     ) -> Result<Published, Error> {
         let payload = event.encode().map_err(Error::Encode)?;
+        let subject = self.names.event_subject(&event.thread);
+        let span = common::telemetry::publish_span(
+            &self.names.events_destination(),
+            &subject,
+            event.event_id.as_str(),
+        );
+        span.record("thread_id", tracing::field::display(&event.thread));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(MSG_ID_HEADER, event.event_id.as_str());
-        common::telemetry::inject(&mut headers);
+        common::telemetry::inject_span(&span, &mut headers);
         let started = Instant::now();
         let err = |source| Error::Publish {
             thread: event.thread.clone(),
             source,
         };
-        let ack = self
-            .js
-            .publish_with_headers(
-                self.names.event_subject(&event.thread),
-                headers,
-                payload.into(),
-            )
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        let ack = async {
+            self.js
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .map_err(err)?
+                .await
+                .map_err(err)
+        }
+        .instrument(span)
+        .await?;
         self.metrics
             .publish_latency
             .observe(started.elapsed().as_secs_f64());

@@ -59,6 +59,22 @@ impl Names {
         format!("{}.events.{}", self.prefix, thread)
     }
 
+    /// The events subjects as one low-cardinality destination (`<p>.events`), for telemetry:
+    /// span names must not carry a thread id.
+    pub fn events_destination(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The replies subjects as one low-cardinality destination (`<p>.replies`).
+    pub fn replies_destination(&self) -> String {
+        format!("{}.replies", self.prefix)
+    }
+
+    /// The queue subjects as one low-cardinality destination (`<p>.queue`).
+    pub fn queue_destination(&self) -> String {
+        format!("{}.queue", self.prefix)
+    }
+
     /// The stream of outbound reply operations.
     pub fn replies_stream(&self) -> String {
         format!("{}_REPLIES", self.upper())

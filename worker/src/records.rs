@@ -32,6 +32,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0005_turn_starts",
         sql: include_str!("../migrations/0005_turn_starts.sql"),
     },
+    Migration {
+        version: "0007_turn_trace_ids",
+        sql: include_str!("../migrations/0007_turn_trace_ids.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +170,16 @@ pub enum Inbound {
     Unfinished,
     /// Already handled: a redelivery.
     Handled,
+}
+
+/// A turn and the trace it ran in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnTrace {
+    pub turn: i32,
+    /// 32 hex digits; `None` for turns recorded before traces were.
+    pub trace_id: Option<String>,
+    /// `None` while the turn runs.
+    pub duration_ms: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -425,25 +439,46 @@ impl Records {
             .collect())
     }
 
-    /// Starts turn `turn` (idempotent: a retried turn keeps its row).
+    /// Starts turn `turn` (idempotent: a retried turn keeps its row, with the trace of its
+    /// latest start).
     pub async fn start_turn(
         &self,
         thread: &str,
         turn: i32,
         event_id: &str,
         worker: &str,
+        trace_id: Option<&str>,
     ) -> Result<(), Error> {
         // One round trip: the turn's row and the session's count together.
         self.execute(
             "WITH started AS (
-                 INSERT INTO turns (thread_id, turn, event_id, worker, started_at) VALUES ($1, $2, $3, $4, now())
-                 ON CONFLICT (thread_id, turn) DO UPDATE SET worker = EXCLUDED.worker, started_at = now()
+                 INSERT INTO turns (thread_id, turn, event_id, worker, started_at, trace_id) VALUES ($1, $2, $3, $4, now(), $5)
+                 ON CONFLICT (thread_id, turn) DO UPDATE SET worker = EXCLUDED.worker, started_at = now(), trace_id = EXCLUDED.trace_id
              )
              UPDATE sessions SET turns = GREATEST(turns, $2), updated_at = now() WHERE thread_id = $1",
-            &[&thread, &turn, &event_id, &worker],
+            &[&thread, &turn, &event_id, &worker, &trace_id],
         )
         .await
         .map(|_| ())
+    }
+
+    /// The latest `limit` turns of a thread, newest first, with their trace ids.
+    pub async fn turn_traces(&self, thread: &str, limit: i64) -> Result<Vec<TurnTrace>, Error> {
+        let rows = self
+            .query(
+                "SELECT turn, trace_id, duration_ms FROM turns WHERE thread_id = $1
+                 ORDER BY turn DESC LIMIT $2",
+                &[&thread, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TurnTrace {
+                turn: r.get(0),
+                trace_id: r.get(1),
+                duration_ms: r.get(2),
+            })
+            .collect())
     }
 
     #[allow(clippy::too_many_arguments)]

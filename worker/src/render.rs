@@ -773,6 +773,22 @@ pub fn mode_unchanged(current: &str) -> String {
     format!(":information_source: This session already asks for approval (mode `{current}`).")
 }
 
+/// The status line linking each recent turn (newest first) to its trace; `None` without
+/// a `telemetry.trace_url` or a turn with a trace.
+pub fn turn_traces(turns: &[crate::records::TurnTrace], trace_url: &str) -> Option<String> {
+    let links: Vec<String> = turns
+        .iter()
+        .filter_map(|turn| {
+            let link = common::telemetry::trace_link(trace_url, turn.trace_id.as_deref()?)?;
+            Some(match turn.duration_ms {
+                Some(ms) => format!("[turn {}]({link}) ({:.1} s)", turn.turn, ms as f64 / 1000.0),
+                None => format!("[turn {}]({link}) (running)", turn.turn),
+            })
+        })
+        .collect();
+    (!links.is_empty()).then(|| format!("Traces: {}", links.join(" · ")))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -1028,5 +1044,36 @@ mod tests {
     fn a_fence_outlasts_backticks_inside() {
         assert_eq!(fence("a ``` b"), "````");
         assert_eq!(fence("plain"), "```");
+    }
+
+    #[test]
+    fn recent_turns_link_to_their_traces_when_a_trace_url_is_set() {
+        use crate::records::TurnTrace;
+        let turns = [
+            TurnTrace {
+                turn: 2,
+                trace_id: Some("ab".repeat(16)),
+                duration_ms: None,
+            },
+            TurnTrace {
+                turn: 1,
+                trace_id: Some("cd".repeat(16)),
+                duration_ms: Some(1500),
+            },
+            TurnTrace {
+                turn: 0,
+                trace_id: None,
+                duration_ms: Some(10),
+            },
+        ];
+        assert_eq!(turn_traces(&turns, ""), None);
+        assert_eq!(
+            turn_traces(&turns, "http://jaeger:16686/trace/{trace_id}").unwrap(),
+            format!(
+                "Traces: [turn 2](http://jaeger:16686/trace/{}) (running) · [turn 1](http://jaeger:16686/trace/{}) (1.5 s)",
+                "ab".repeat(16),
+                "cd".repeat(16)
+            )
+        );
     }
 }

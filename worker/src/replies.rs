@@ -7,6 +7,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use proto::names::{MSG_ID_HEADER, Names, applied_seq_key};
 use proto::v1::{Op, ReplyOp};
 use proto::{ChannelId, LocalRef, Message, SessionId, ThreadId, UserId};
+use tracing::Instrument as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +38,8 @@ impl Error {
 pub struct Replies {
     js: jetstream::Context,
     subject: String,
+    /// `subject` without the thread, for span names.
+    destination: String,
     thread: ThreadId,
     channel: ChannelId,
     session: SessionId,
@@ -89,6 +92,7 @@ impl Replies {
         Ok(Self {
             js,
             subject,
+            destination: names.replies_destination(),
             thread,
             channel,
             session,
@@ -119,23 +123,27 @@ impl Replies {
             op,
         };
         let payload = reply.encode().map_err(Error::Encode)?;
+        let message_id = format!("reply:{}:{seq}", self.session);
+        let span = common::telemetry::publish_span(&self.destination, &self.subject, &message_id);
+        span.record("thread_id", tracing::field::display(&self.thread));
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            MSG_ID_HEADER,
-            format!("reply:{}:{seq}", self.session).as_str(),
-        );
-        common::telemetry::inject(&mut headers);
+        headers.insert(MSG_ID_HEADER, message_id.as_str());
+        common::telemetry::inject_span(&span, &mut headers);
         let err = |source| Error::Publish {
             session: self.session.clone(),
             seq,
             source,
         };
-        self.js
-            .publish_with_headers(self.subject.clone(), headers, payload.into())
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        async {
+            self.js
+                .publish_with_headers(self.subject.clone(), headers, payload.into())
+                .await
+                .map_err(err)?
+                .await
+                .map_err(err)
+        }
+        .instrument(span)
+        .await?;
         self.next_seq += 1;
         Ok(seq)
     }
@@ -210,19 +218,27 @@ pub async fn notice(
         op,
     };
     let payload = reply.encode().map_err(Error::Encode)?;
+    let message_id = format!("reply:{session}:1");
+    let subject = names.notice_subject(thread);
+    let span = common::telemetry::publish_span(&names.replies_destination(), &subject, &message_id);
+    span.record("thread_id", tracing::field::display(thread));
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, format!("reply:{session}:1").as_str());
-    common::telemetry::inject(&mut headers);
+    headers.insert(MSG_ID_HEADER, message_id.as_str());
+    common::telemetry::inject_span(&span, &mut headers);
     let err = |source| Error::Publish {
         session: session.clone(),
         seq: 1,
         source,
     };
-    js.publish_with_headers(names.notice_subject(thread), headers, payload.into())
-        .await
-        .map_err(err)?
-        .await
-        .map_err(err)?;
+    async {
+        js.publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(err)?
+            .await
+            .map_err(err)
+    }
+    .instrument(span)
+    .await?;
     Ok(())
 }
 

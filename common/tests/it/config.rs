@@ -98,6 +98,30 @@ fn a_bad_value_is_reported_with_its_key() {
 }
 
 #[test]
+fn a_trace_url_needs_a_place_for_the_trace_id() {
+    for bad in [
+        "http://jaeger:16686/trace/",
+        "jaeger:16686/trace/{trace_id}",
+    ] {
+        let err = load(&[], &[("telemetry.trace_url", bad)]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.trace_url"), "{err}");
+    }
+    let config = load(
+        &[],
+        &[(
+            "telemetry.trace_url",
+            "http://jaeger:16686/trace/{trace_id}",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        common::telemetry::trace_link(&config.telemetry.trace_url, "ab12").as_deref(),
+        Some("http://jaeger:16686/trace/ab12")
+    );
+    assert_eq!(load(&[], &[]).unwrap().telemetry.trace_url, "");
+}
+
+#[test]
 fn a_value_of_the_wrong_type_is_reported_with_its_key() {
     let err = load(&[], &[("worker.max_sessions", "many")]).unwrap_err();
     let chain = format!(

@@ -46,6 +46,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::mattermost;
 use crate::metrics::Metrics;
@@ -314,13 +315,12 @@ impl Egress {
                     continue;
                 }
             };
-            let span = tracing::info_span!("egress", thread_id = %op.thread, session_id = %op.session, seq = op.seq);
-            common::telemetry::follow(&span, message.headers.as_ref());
+            let producer = common::telemetry::extract(message.headers.as_ref());
             let hold = held.hold(&message);
             let mut delivery = Delivery {
                 op,
                 message,
-                span,
+                producer,
                 _hold: hold,
             };
             loop {
@@ -345,6 +345,29 @@ impl Egress {
         }
     }
 
+    /// The CONSUMER span of one application: a child of the operation that is applied
+    /// (the last of those coalesced into it), so a reply's trace reaches Mattermost; linked
+    /// to every operation it serves, since an edit carries several streamed ones.
+    fn apply_span(&self, op: &ReplyOp, done: &[Delivery]) -> tracing::Span {
+        let Some(last) = done.last() else {
+            return tracing::Span::none();
+        };
+        let span = common::telemetry::process_span(
+            &self.names.replies_destination(),
+            &last.message.subject,
+            common::telemetry::message_id(last.message.headers.as_ref()),
+            &self.names.egress_consumer(),
+        );
+        span.record("thread_id", tracing::field::display(&op.thread));
+        let _ = span.set_parent(last.producer.clone());
+        if done.len() > 1 {
+            for delivery in done {
+                common::telemetry::link_context(&span, &delivery.producer);
+            }
+        }
+        span
+    }
+
     async fn thread_task(
         self,
         thread: ThreadId,
@@ -366,10 +389,7 @@ impl Egress {
             let wait = loop {
                 match queue.next(std::time::Instant::now()) {
                     Next::Apply { op, done } => {
-                        let span = done
-                            .last()
-                            .map(|d| d.span.clone())
-                            .unwrap_or_else(tracing::Span::none);
+                        let span = self.apply_span(&op, &done);
                         // Delivered once: no earlier leader can have applied it.
                         let fresh = done
                             .iter()
@@ -1026,7 +1046,8 @@ impl Known {
 struct Delivery {
     op: ReplyOp,
     message: jetstream::Message,
-    span: tracing::Span,
+    /// The trace context of the span that published the operation.
+    producer: opentelemetry::Context,
     /// Keeps the message in [`Held`] (and so from redelivery) until this is dropped.
     _hold: Option<Hold>,
 }

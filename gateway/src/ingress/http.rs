@@ -98,6 +98,17 @@ pub struct WebhookRequest {
     timestamp: Value,
 }
 
+#[tracing::instrument(
+    parent = None,
+    name = "ingress",
+    skip_all,
+    fields(
+        otel.name = "ingress webhook",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/hooks/outgoing",
+    )
+)]
 pub async fn outgoing_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -208,6 +219,17 @@ fn ephemeral(text: impl Into<String>) -> Response {
     Json(json!({ "response_type": "ephemeral", "text": text.into() })).into_response()
 }
 
+#[tracing::instrument(
+    parent = None,
+    name = "ingress",
+    skip_all,
+    fields(
+        otel.name = "ingress slash",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/hooks/slash",
+    )
+)]
 pub async fn slash_command(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -299,6 +321,17 @@ pub struct ActionRequest {
     context: Value,
 }
 
+#[tracing::instrument(
+    parent = None,
+    name = "ingress",
+    skip_all,
+    fields(
+        otel.name = "ingress action",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/hooks/action",
+    )
+)]
 pub async fn action(
     State(state): State<AppState>,
     Json(request): Json<ActionRequest>,
@@ -360,6 +393,17 @@ pub struct DialogRequest {
     cancelled: bool,
 }
 
+#[tracing::instrument(
+    parent = None,
+    name = "ingress",
+    skip_all,
+    fields(
+        otel.name = "ingress dialog",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/hooks/dialog",
+    )
+)]
 pub async fn dialog(
     State(state): State<AppState>,
     Json(request): Json<DialogRequest>,

@@ -15,6 +15,7 @@
 //! (Mattermost has no "reactions since" call); buttons do not go over the WebSocket.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use proto::v1::{EventBody, MessagePosted, Reaction, Source, User};
@@ -224,12 +225,21 @@ impl Listener {
             }
             // Until the event is read and published the sequence does not move on, so a
             // reconnect resumes from it.
-            let Some(event) = self.read_until_ok(Frame::Event(&envelope), shutdown).await else {
+            let span = ingress_span(&envelope.event, "websocket");
+            let handled = async {
+                let event = self
+                    .read_until_ok(Frame::Event(&envelope), shutdown)
+                    .await?;
+                if let Some(event) = event {
+                    self.publish_until_acked(&event, shutdown, "websocket")
+                        .await;
+                }
+                Some(())
+            }
+            .instrument(span)
+            .await;
+            if handled.is_none() {
                 return Ok(());
-            };
-            if let Some(event) = event {
-                self.publish_until_acked(&event, shutdown, "websocket")
-                    .await;
             }
             if let (Some(seq), Some((_, next))) = (envelope.seq, cursor.resume.as_mut()) {
                 *next = seq + 1;
@@ -264,12 +274,18 @@ impl Listener {
         );
         for (post, kind) in &posts {
             let listed = Listed { post, kind };
-            let Some(event) = self.read_until_ok(Frame::Listed(listed), shutdown).await else {
+            let handled = async {
+                let event = self.read_until_ok(Frame::Listed(listed), shutdown).await?;
+                if let Some(event) = event {
+                    self.publish_until_acked(&event, shutdown, "websocket_catch_up")
+                        .await;
+                }
+                Some(())
+            }
+            .instrument(ingress_span("posted", "websocket_catch_up"))
+            .await;
+            if handled.is_none() {
                 return false;
-            };
-            if let Some(event) = event {
-                self.publish_until_acked(&event, shutdown, "websocket_catch_up")
-                    .await;
             }
         }
         true
@@ -562,6 +578,22 @@ fn missed(listed: Vec<(Post, String)>, since: i64, bot_id: &str) -> Vec<(Post, S
         .collect();
     out.sort_by_key(|(p, _)| p.create_at);
     out
+}
+
+/// The root span of one Mattermost event the bot may act on: a new trace, which follows the
+/// event through the fleet to the last post it causes. Other events (typing, status) get
+/// none, so they start no trace.
+fn ingress_span(event: &str, source: &'static str) -> tracing::Span {
+    if !matches!(event, "posted" | "reaction_added" | "reaction_removed") {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        parent: None,
+        "ingress",
+        otel.name = %format_args!("ingress {source}"),
+        otel.kind = "consumer",
+        mattermost.event = %event,
+    )
 }
 
 #[cfg(test)]

@@ -121,8 +121,13 @@ async fn dispatch_messages(
                 continue;
             }
         };
-        let span =
-            tracing::info_span!("dispatch", thread_id = %event.thread, event_id = %event.event_id);
+        let span = common::telemetry::process_span(
+            &ctx.names.events_destination(),
+            &message.subject,
+            common::telemetry::message_id(message.headers.as_ref()),
+            &ctx.names.dispatch_consumer(),
+        );
+        span.record("thread_id", tracing::field::display(&event.thread));
         common::telemetry::follow(&span, message.headers.as_ref());
         let result = tracing::Instrument::instrument(dispatch_one(ctx, &event), span).await;
         match result {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::jetstream::{self};
@@ -86,46 +87,62 @@ pub(crate) async fn claim_loop(
             let _ = message.ack().await;
             continue;
         };
-        let decision = ctx.claimer.lock().expect("claimer lock").on_queued(&thread);
-        match decision {
-            OnQueued::AlreadyOurs => {
-                let _ = message.ack().await;
-            }
-            OnQueued::GiveBack => {
-                let _ = message
-                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(200))))
-                    .await;
-            }
-            OnQueued::TryLease => {
-                let (result, revision) = take_lease(&ctx, &thread).await;
-                let outcome = ctx
-                    .claimer
-                    .lock()
-                    .expect("claimer lock")
-                    .on_lease(&thread, result);
-                // Free slots are published before the queue item goes, so a dispatcher
-                // never sees a slot that is already taken.
-                beat(&ctx).await;
-                if outcome == OnLease::Start && revision > 0 {
-                    tracing::info!(%thread, "claimed thread");
-                    if spawn
-                        .send(ThreadAssignment {
-                            thread: thread.clone(),
-                            revision,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                if outcome == OnLease::Retry {
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(LEASE_RETRY)))
-                        .await;
-                } else {
+        let span = common::telemetry::process_span(
+            &ctx.names.queue_destination(),
+            &message.subject,
+            common::telemetry::message_id(message.headers.as_ref()),
+            &ctx.names.claim_consumer(),
+        );
+        span.record("thread_id", tracing::field::display(&thread));
+        common::telemetry::follow(&span, message.headers.as_ref());
+        let claimed = async {
+            let decision = ctx.claimer.lock().expect("claimer lock").on_queued(&thread);
+            match decision {
+                OnQueued::AlreadyOurs => {
                     let _ = message.ack().await;
                 }
+                OnQueued::GiveBack => {
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(200))))
+                        .await;
+                }
+                OnQueued::TryLease => {
+                    let (result, revision) = take_lease(&ctx, &thread).await;
+                    let outcome = ctx
+                        .claimer
+                        .lock()
+                        .expect("claimer lock")
+                        .on_lease(&thread, result);
+                    // Free slots are published before the queue item goes, so a dispatcher
+                    // never sees a slot that is already taken.
+                    beat(&ctx).await;
+                    if outcome == OnLease::Start && revision > 0 {
+                        tracing::info!(%thread, "claimed thread");
+                        if spawn
+                            .send(ThreadAssignment {
+                                thread: thread.clone(),
+                                revision,
+                            })
+                            .is_err()
+                        {
+                            return false;
+                        }
+                    }
+                    if outcome == OnLease::Retry {
+                        let _ = message
+                            .ack_with(jetstream::AckKind::Nak(Some(LEASE_RETRY)))
+                            .await;
+                    } else {
+                        let _ = message.ack().await;
+                    }
+                }
             }
+            true
+        }
+        .instrument(span)
+        .await;
+        if !claimed {
+            return;
         }
     }
 }

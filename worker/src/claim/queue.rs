@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use proto::ThreadId;
 use proto::names::MSG_ID_HEADER;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::ctx::Ctx;
 
@@ -17,18 +18,21 @@ pub(crate) async fn enqueue(
     thread: &ThreadId,
     dedupe: &str,
 ) -> Result<jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    let subject = ctx.names.queue_subject(thread);
+    let span = common::telemetry::publish_span(&ctx.names.queue_destination(), &subject, dedupe);
+    span.record("thread_id", tracing::field::display(thread));
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(MSG_ID_HEADER, dedupe);
-    common::telemetry::inject(&mut headers);
-    ctx.fabric
-        .js
-        .publish_with_headers(
-            ctx.names.queue_subject(thread),
-            headers,
-            bytes::Bytes::new(),
-        )
-        .await?
-        .await
+    common::telemetry::inject_span(&span, &mut headers);
+    async {
+        ctx.fabric
+            .js
+            .publish_with_headers(subject, headers, bytes::Bytes::new())
+            .await?
+            .await
+    }
+    .instrument(span)
+    .await
 }
 
 /// Queued threads no worker has taken yet: the claim consumer's undelivered messages. A

@@ -215,6 +215,10 @@ impl State {
                     request_id,
                     answer,
                 } => {
+                    // The wait is over once the answer goes to the CLI.
+                    if let Some(turn) = self.turn.as_mut() {
+                        turn.waits.remove(&request_id);
+                    }
                     if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
                         match session.agent_handle().respond(&request_id, answer).await {
                             Ok(()) => {
@@ -288,6 +292,9 @@ impl State {
     /// asks again what an earlier one asked — re-bind the stored approval (and deliver
     /// its decision if it was answered meanwhile).
     pub(super) async fn ask(&mut self, request: PermissionRequest) {
+        if let Some(turn) = self.turn.as_mut() {
+            turn.wait_for_answer(&request);
+        }
         let fingerprint = approvals::fingerprint(&request.tool_name, &request.input);
         let event_id = self
             .turn
@@ -345,6 +352,9 @@ impl State {
 
     /// The CLI no longer needs an answer to `request_id`.
     pub(super) async fn withdraw(&mut self, request_id: String) {
+        if let Some(turn) = self.turn.as_mut() {
+            turn.waits.remove(&request_id);
+        }
         let effects = self
             .approvals
             .withdrawn(Withdrawal::Cancelled { request_id });
@@ -369,16 +379,29 @@ impl State {
         let payload = event
             .encode()
             .map_err(|err| Error::Replies(crate::replies::Error::Encode(err)))?;
+        let subject = self.ctx.names.event_subject(&self.thread);
+        // The admitted message's turn joins the trace of the answer that admitted it.
+        let span = common::telemetry::publish_span(
+            &self.ctx.names.events_destination(),
+            &subject,
+            &event.event_id,
+        );
+        span.record("thread_id", tracing::field::display(&self.thread));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(proto::names::MSG_ID_HEADER, event.event_id.as_str());
-        common::telemetry::inject(&mut headers);
-        let subject = self.ctx.names.event_subject(&self.thread);
+        common::telemetry::inject_span(&span, &mut headers);
         let js = &self.ctx.fabric.js;
-        js.publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(Error::consumer)?
-            .await
-            .map_err(Error::consumer)?;
+        tracing::Instrument::instrument(
+            async {
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(Error::consumer)?
+                    .await
+                    .map_err(Error::consumer)
+            },
+            span,
+        )
+        .await?;
         self.ctx.records.mark_approval_delivered(approval).await?;
         Ok(())
     }

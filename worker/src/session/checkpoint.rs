@@ -15,6 +15,7 @@ use crate::runtime::archive::ChangeKind;
 impl State {
     /// Stores the session's checkpoint as turn `turn`'s and records it. Without a running
     /// session there is nothing new to store.
+    #[tracing::instrument(name = "checkpoint", skip_all, fields(turn = turn))]
     pub(super) async fn checkpoint(&self, turn: i32) -> Result<(), Error> {
         let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
             return Ok(());
@@ -116,6 +117,7 @@ impl State {
     }
 
     /// Uploads the files the turn added or changed; returns the artifact block.
+    #[tracing::instrument(name = "artifacts", skip_all, fields(turn = turn))]
     pub(super) async fn collect_artifacts(
         &mut self,
         turn: i32,
@@ -235,6 +237,11 @@ fn reopen(file: &tempfile::NamedTempFile) -> std::io::Result<(std::fs::File, u64
 
 /// Uploads `size` bytes read from `content` to `key`, streamed: one request when it fits in
 /// a part, a multipart upload otherwise (aborted when it fails).
+#[tracing::instrument(
+    name = "upload",
+    skip_all,
+    fields(otel.kind = "client", object.key = %key, object.size = size)
+)]
 pub(super) async fn upload_file(
     store: &dyn ObjectStore,
     key: &ObjectPath,

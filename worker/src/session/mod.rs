@@ -30,6 +30,7 @@ use futures::StreamExt;
 use proto::v1::{EventBody, MessagePosted};
 use proto::{ChatEvent, LocalRef, Message, ThreadId};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::access::{self};
 use crate::agent::Event;
@@ -76,6 +77,9 @@ struct Prompt {
     message: Option<jetstream::Message>,
     text: String,
     retry: bool,
+    /// The span that received the prompt's message (`process <p>.events`): open until the
+    /// message is acknowledged, and the parent of its turn.
+    span: tracing::Span,
 }
 
 struct Turn {
@@ -91,6 +95,15 @@ struct Turn {
     last_output: tokio::time::Instant,
     /// When the worker told the CLI to stop this turn (over its time).
     stopping: Option<tokio::time::Instant>,
+    /// The turn's span: a child of its prompt's `process` span, so the turn is in the
+    /// trace of the message that started it. Agent events are handled inside it.
+    span: tracing::Span,
+    /// The prompt's `process` span, kept open until the prompt is acknowledged.
+    _received: tracing::Span,
+    /// Tool calls not answered yet, by tool use id (dropping a span ends it).
+    tools: std::collections::HashMap<String, tracing::Span>,
+    /// Approvals waited for, by the CLI's request id.
+    waits: std::collections::HashMap<String, tracing::Span>,
 }
 
 struct Live {
@@ -137,7 +150,9 @@ impl ThreadActor {
                 tracing::warn!(thread = %key, error = &err as &dyn std::error::Error, "lease lost");
             }
         };
-        let span = tracing::info_span!("thread", thread_id = %self.thread, worker = %self.ctx.id);
+        // Context for the actor's log lines only: exported, it would make one trace of the
+        // thread's whole life and pull every turn into it.
+        let span = tracing::info_span!(target: common::telemetry::LOG_ONLY, "thread", thread_id = %self.thread, worker = %self.ctx.id);
         let mut state = State {
             ctx: self.ctx.clone(),
             thread: self.thread.clone(),
@@ -242,7 +257,8 @@ impl State {
             let turn_deadline = self.turn_deadline();
             tokio::select! {
                 () = tokio::time::sleep_until(turn_deadline.unwrap_or(idle_at)), if turn_deadline.is_some() => {
-                    Box::pin(self.turn_over_time()).await;
+                    let span = self.turn_span();
+                    Box::pin(self.turn_over_time()).instrument(span).await;
                 }
                 () = lost.cancelled() => return ActorExit::LeaseLost,
                 () = drain.cancelled(), if !draining => {
@@ -306,9 +322,10 @@ impl State {
                     if let Some(turn) = self.turn.as_mut() {
                         turn.last_output = idle_since;
                     }
+                    let span = self.turn_span();
                     match event {
-                        Some(event) => Box::pin(self.on_agent_event(event)).await,
-                        None => Box::pin(self.agent_died()).await,
+                        Some(event) => Box::pin(self.on_agent_event(event)).instrument(span).await,
+                        None => Box::pin(self.agent_died()).instrument(span).await,
                     }
                 }
             }
@@ -342,27 +359,47 @@ impl State {
                 return;
             }
         };
-        let span = tracing::info_span!("event", event_id = %event.event_id);
+        // One message: the span follows its producer, so the gateway's publish, this
+        // and the turn it starts share one trace.
+        let span = common::telemetry::process_span(
+            &self.ctx.names.events_destination(),
+            &message.subject,
+            common::telemetry::message_id(message.headers.as_ref()),
+            &self.ctx.names.thread_consumer(&self.thread),
+        );
+        span.record("thread_id", tracing::field::display(&self.thread));
         common::telemetry::follow(&span, message.headers.as_ref());
-        let _enter = span.enter();
         self.live_channel
             .get_or_insert_with(|| event.channel.to_string());
-        match self.route(&event).await {
-            Ok(Routed::Skip) => {
-                let _ = message.ack().await;
+        let received = span.clone();
+        async move {
+            match self.route(&event).await {
+                Ok(Routed::Skip) => {
+                    let _ = message.ack().await;
+                }
+                Ok(Routed::Done) => {
+                    let _ = self.ctx.records.mark_handled(&event.event_id, None).await;
+                    let _ = message.ack().await;
+                }
+                Ok(Routed::Prompt { text, retry }) => self.prompts.push_back(Prompt {
+                    text,
+                    event,
+                    message: Some(message),
+                    retry,
+                    span: received,
+                }),
+                Err(err) => self.failed(&event, &message, delivered, err).await,
             }
-            Ok(Routed::Done) => {
-                let _ = self.ctx.records.mark_handled(&event.event_id, None).await;
-                let _ = message.ack().await;
-            }
-            Ok(Routed::Prompt { text, retry }) => self.prompts.push_back(Prompt {
-                text,
-                event,
-                message: Some(message),
-                retry,
-            }),
-            Err(err) => self.failed(&event, &message, delivered, err).await,
         }
+        .instrument(span)
+        .await;
+    }
+
+    /// The running turn's span (none between turns).
+    fn turn_span(&self) -> tracing::Span {
+        self.turn
+            .as_ref()
+            .map_or_else(tracing::Span::none, |turn| turn.span.clone())
     }
 
     /// Handles `event` as far as it can be handled now; a prompt is queued for a turn.

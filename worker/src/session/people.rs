@@ -32,6 +32,8 @@ impl State {
     }
 
     pub(super) async fn status(&mut self, event: &ChatEvent) {
+        /// How many turns `/claude status` links to their traces.
+        const RECENT_TRACES: i64 = 5;
         let usage = self
             .ctx
             .records
@@ -54,6 +56,21 @@ impl State {
                 usage.3
             ),
             None => format!("Session on worker `{}`, not started yet.", self.ctx.id),
+        };
+        let trace_url = &self.ctx.config.telemetry.trace_url;
+        let text = if trace_url.is_empty() {
+            text
+        } else {
+            let turns = self
+                .ctx
+                .records
+                .turn_traces(self.thread.as_str(), RECENT_TRACES)
+                .await
+                .unwrap_or_default();
+            match render::turn_traces(&turns, trace_url) {
+                Some(traces) => format!("{text}\n{traces}"),
+                None => text,
+            }
         };
         if let Some(live) = self.live.as_mut() {
             let _ = live.replies.ephemeral(&event.user.id, text).await;

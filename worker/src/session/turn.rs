@@ -17,6 +17,7 @@ pub fn gives_up(started: i32) -> bool {
 use object_store::path::Path as ObjectPath;
 use proto::ChatEvent;
 use proto::v1::EventBody;
+use tracing::Instrument as _;
 
 use super::*;
 use crate::agent::{Event, TurnResult};
@@ -101,6 +102,25 @@ impl State {
     }
 
     pub(super) async fn start_turn(&mut self, prompt: Prompt) {
+        let number = self.turns_done + 1;
+        let model = &self.ctx.config.model.model;
+        let span = tracing::info_span!(
+            parent: &prompt.span,
+            "turn",
+            thread_id = %self.thread,
+            session_id = tracing::field::Empty,
+            turn = number,
+            user.id = %prompt.event.user.id,
+            user.name = %prompt.event.user.username,
+            gen_ai.request.model = %model,
+            gen_ai.response.model = tracing::field::Empty,
+        );
+        Box::pin(self.start_turn_in(prompt, span.clone()))
+            .instrument(span)
+            .await;
+    }
+
+    async fn start_turn_in(&mut self, prompt: Prompt, span: tracing::Span) {
         // Counted before anything else, restoring the session included: what cut the
         // earlier attempts may be this start itself.
         match self
@@ -153,6 +173,10 @@ impl State {
             let _ = live.replies.create(render::retrying_cut_turn(), None).await;
         }
         let number = self.turns_done + 1;
+        if let Some(live) = &self.live {
+            span.record("session_id", live.row.session_id.as_str());
+        }
+        let trace_id = common::telemetry::trace_id(&span);
         let records = &self.ctx.records;
         let (_, context) = tokio::join!(
             records.start_turn(
@@ -160,6 +184,7 @@ impl State {
                 number,
                 &prompt.event.event_id,
                 self.ctx.id.as_str(),
+                trace_id.as_deref(),
             ),
             records.pending_context(self.thread.as_str()),
         );
@@ -223,6 +248,10 @@ impl State {
             before,
             last_output: tokio::time::Instant::now(),
             stopping: None,
+            span,
+            _received: prompt.span,
+            tools: std::collections::HashMap::new(),
+            waits: std::collections::HashMap::new(),
         });
         self.set_status(Status::Working).await;
     }
@@ -314,8 +343,15 @@ impl State {
     }
 
     pub(super) async fn on_agent_event(&mut self, event: Event) {
+        if let Some(turn) = self.turn.as_mut() {
+            turn.trace_tool(&event);
+        }
         match event {
             Event::Init(init) => {
+                if let Some(turn) = &self.turn {
+                    turn.span
+                        .record("gen_ai.response.model", init.model.as_str());
+                }
                 if let Some(live) = self.live.as_mut()
                     && live.row.cli_session_id.as_deref() != Some(init.session_id.as_str())
                 {
@@ -509,6 +545,53 @@ impl State {
             "turn finished"
         );
         self.set_status(Status::Idle).await;
+    }
+}
+
+impl Turn {
+    /// Opens a span when the model calls a tool and ends it with the tool's result: one
+    /// span per call, none per streamed delta.
+    fn trace_tool(&mut self, event: &Event) {
+        match event {
+            Event::ToolUse { id, name, .. } => {
+                let span = tracing::info_span!(
+                    parent: &self.span,
+                    "tool",
+                    otel.name = %format_args!("execute_tool {name}"),
+                    gen_ai.operation.name = "execute_tool",
+                    gen_ai.tool.name = %name,
+                    gen_ai.tool.call.id = %id,
+                    error.type = tracing::field::Empty,
+                );
+                self.tools.insert(id.clone(), span);
+            }
+            Event::ToolResult {
+                tool_use_id,
+                is_error,
+                ..
+            } => {
+                if let Some(span) = self.tools.remove(tool_use_id)
+                    && *is_error
+                {
+                    span.record("error.type", "tool_error");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens the span of the wait for the thread's answer to `request`: a child of its
+    /// tool call's span (of the turn's when the call is not known).
+    pub(super) fn wait_for_answer(&mut self, request: &crate::agent::PermissionRequest) {
+        let parent = self.tools.get(&request.tool_use_id).unwrap_or(&self.span);
+        let span = tracing::info_span!(
+            parent: parent,
+            "approval",
+            otel.name = "approval wait",
+            gen_ai.tool.name = %request.tool_name,
+            ccfleet.approval.request_id = %request.request_id,
+        );
+        self.waits.insert(request.request_id.clone(), span);
     }
 }
 

@@ -14,4 +14,5 @@ mod model_api;
 mod outage;
 mod retention;
 pub mod support;
+mod traces;
 mod workspace_limit;
