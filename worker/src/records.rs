@@ -32,6 +32,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0005_turn_starts",
         sql: include_str!("../migrations/0005_turn_starts.sql"),
     },
+    Migration {
+        version: "0006_admin_audit",
+        sql: include_str!("../migrations/0006_admin_audit.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

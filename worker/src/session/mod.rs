@@ -46,6 +46,8 @@ pub enum ActorExit {
     Idle,
     /// The worker is draining.
     Drained,
+    /// An operator stopped the session (admin API): it sleeps, resumable.
+    Stopped,
     /// Another worker may own the thread now.
     LeaseLost,
     /// The thread's consumer could not be opened.
@@ -153,6 +155,7 @@ impl ThreadActor {
             done: false,
             lost: lost.clone(),
             unsaved: None,
+            stop: None,
         };
         let serve = async {
             let exit = tracing::Instrument::instrument(state.serve(&drain, &lost), span).await;
@@ -198,6 +201,9 @@ struct State {
     /// A finished turn whose checkpoint could not be stored: the session is not let go
     /// (idle, eviction) until a checkpoint holds it.
     unsaved: Option<i32>,
+    /// An operator asked to stop the session: who, and how many waiting prompts were
+    /// dropped. It ends once its turn has.
+    stop: Option<(String, usize)>,
 }
 
 async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
@@ -221,6 +227,15 @@ impl State {
         let mut draining = false;
         loop {
             if self.turn.is_none() {
+                if let Some((by, dropped)) = self.stop.take() {
+                    if let Some(live) = self.live.as_mut() {
+                        let _ = live
+                            .replies
+                            .create(render::admin_stopped(&by, dropped), None)
+                            .await;
+                    }
+                    return ActorExit::Stopped;
+                }
                 if draining {
                     return ActorExit::Drained;
                 }
@@ -434,6 +449,12 @@ impl State {
                     self.on_reaction(&event, reaction.post_id.as_str(), &reaction.emoji)
                         .await?;
                 }
+                Ok(Routed::Done)
+            }
+            (EventBody::ButtonAction(action), _)
+                if action.action == proto::control::ADMIN_STOP_ACTION =>
+            {
+                self.admin_stop(action).await;
                 Ok(Routed::Done)
             }
             (EventBody::ButtonAction(action), _) => {
