@@ -74,7 +74,7 @@ impl Api {
         path: &str,
         token: Option<&str>,
     ) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
@@ -83,7 +83,9 @@ impl Api {
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
+        let text = response.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("{method} {path} → {status}: not JSON ({err}): {text}"));
         self.seen.lock().unwrap().push(json!({
             "method": method.as_str().to_lowercase(),
             "path": template,
@@ -114,6 +116,7 @@ fn check_against_document(seen: &[Value]) {
         .arg(&answers)
         .output()
         .expect("python3 runs (with the jsonschema package)");
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "responses do not match the OpenAPI document:\n{}{}",
@@ -367,6 +370,13 @@ async fn the_admin_api_lists_shows_stops_and_drains_with_scoped_tokens_and_an_au
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["worker"], json!(slow_worker));
     says_stopped(&fleet, &slow.id).await;
+    let posts = bot_posts(&fleet, &slow.id).await;
+    assert!(
+        posts
+            .iter()
+            .any(|p| p.message.contains("Stopped by an administrator (`ops`)")),
+        "the running turn's answer says it was stopped: {posts:#?}"
+    );
     eventually(WAIT, "the stopped session is released", || async {
         let (_, body) = api
             .call(
