@@ -18,6 +18,10 @@ const READ: &str = "read-token-for-the-tests-0123456789";
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn fleet(env: &TestEnv, workers: usize) -> LocalFleet {
+    fleet_with(env, workers, 2).await
+}
+
+async fn fleet_with(env: &TestEnv, workers: usize, max_sessions: usize) -> LocalFleet {
     let mut config = env.config.clone();
     config.worker.lease_ttl_s = 3;
     config.worker.idle_timeout_s = 600;
@@ -41,7 +45,7 @@ async fn fleet(env: &TestEnv, workers: usize) -> LocalFleet {
         FleetOptions {
             workers,
             runtime: RuntimeKind::Sim,
-            max_sessions: 2,
+            max_sessions,
             sessions_dir: std::env::temp_dir().join(format!("ccfleet-admin-{}", env.prefix)),
             ..Default::default()
         },
@@ -508,6 +512,91 @@ async fn the_admin_api_lists_shows_stops_and_drains_with_scoped_tokens_and_an_au
     assert!(has("drain", &drained, "accepted"), "{rows:#?}");
     assert!(has("drain", "no-such-worker", "not_found"), "{rows:#?}");
 
+    check_against_document(&api.seen.lock().unwrap());
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_fleet_shows_its_queue_and_a_stop_frees_the_slot_for_the_waiting_thread() {
+    let env = TestEnv::new().await;
+    let fleet = fleet_with(&env, 1, 1).await;
+    let api = Api::new(&fleet);
+    let busy = fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "@claude [[slow:60000]] take your time",
+            None,
+        )
+        .await
+        .unwrap();
+    running(&api, &busy.id).await;
+    let (_, working) = api
+        .call("get", "/sessions", "/sessions?state=working", Some(READ))
+        .await;
+    assert_eq!(
+        working["sessions"][0]["thread_id"],
+        json!(busy.id),
+        "{working}"
+    );
+    let waiting = fleet
+        .demo()
+        .post(fleet.channel_id(), "@claude and me?", None)
+        .await
+        .unwrap();
+    let queued = eventually(WAIT, "the second thread waits in the queue", || async {
+        let (status, body) = api.call("get", "/queue", "/queue", Some(READ)).await;
+        (status == 200 && body["total"] == json!(1)).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        queued["threads"][0]["thread_id"],
+        json!(waiting.id),
+        "{queued}"
+    );
+    assert!(
+        queued["threads"][0]["pending"].as_u64() >= Some(1),
+        "{queued}"
+    );
+    assert!(queued["threads"][0]["queued_at_ms"].is_i64(), "{queued}");
+    let (_, workers) = api.call("get", "/workers", "/workers", Some(READ)).await;
+    assert_eq!(
+        (workers["capacity"].clone(), workers["free_slots"].clone()),
+        (json!(1), json!(0)),
+        "{workers}"
+    );
+
+    let (status, body) = api
+        .call(
+            "post",
+            "/sessions/{id}/stop",
+            &format!("/sessions/{}/stop", busy.id),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    says_stopped(&fleet, &busy.id).await;
+    eventually(WAIT, "the waiting thread is answered", || async {
+        bot_posts(&fleet, &waiting.id)
+            .await
+            .iter()
+            .any(|p| p.message.contains(":stopwatch:"))
+            .then_some(())
+    })
+    .await;
+    let (_, queue) = api.call("get", "/queue", "/queue", Some(READ)).await;
+    assert_eq!(queue["total"], json!(0), "{queue}");
+    let (_, idle) = api
+        .call("get", "/sessions", "/sessions?state=idle", Some(READ))
+        .await;
+    assert!(
+        idle["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["thread_id"] == json!(busy.id)),
+        "{idle}"
+    );
     check_against_document(&api.seen.lock().unwrap());
     fleet.stop().await;
 }
