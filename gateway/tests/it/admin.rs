@@ -531,14 +531,13 @@ async fn a_full_fleet_shows_its_queue_and_a_stop_frees_the_slot_for_the_waiting_
         .await
         .unwrap();
     running(&api, &busy.id).await;
-    let (_, working) = api
-        .call("get", "/sessions", "/sessions?state=working", Some(READ))
-        .await;
-    assert_eq!(
-        working["sessions"][0]["thread_id"],
-        json!(busy.id),
-        "{working}"
-    );
+    eventually(WAIT, "the busy session is listed as working", || async {
+        let (_, working) = api
+            .call("get", "/sessions", "/sessions?state=working", Some(READ))
+            .await;
+        (working["sessions"][0]["thread_id"] == json!(busy.id)).then_some(())
+    })
+    .await;
     let waiting = fleet
         .demo()
         .post(fleet.channel_id(), "@claude and me?", None)
