@@ -201,9 +201,9 @@ struct State {
     /// A finished turn whose checkpoint could not be stored: the session is not let go
     /// (idle, eviction) until a checkpoint holds it.
     unsaved: Option<i32>,
-    /// An operator asked to stop the session: who, and how many waiting prompts were
-    /// dropped. It ends once its turn has.
-    stop: Option<(String, usize)>,
+    /// An operator asked to stop the session: who, whether a turn was running, and how
+    /// many waiting prompts were dropped. It ends once its turn has.
+    stop: Option<(String, bool, usize)>,
 }
 
 async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
@@ -227,11 +227,11 @@ impl State {
         let mut draining = false;
         loop {
             if self.turn.is_none() {
-                if let Some((by, dropped)) = self.stop.take() {
+                if let Some((by, turn, dropped)) = self.stop.take() {
                     if let Some(live) = self.live.as_mut() {
                         let _ = live
                             .replies
-                            .create(render::admin_stopped(&by, dropped), None)
+                            .create(render::admin_stopped(&by, turn, dropped), None)
                             .await;
                     }
                     return ActorExit::Stopped;

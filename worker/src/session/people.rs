@@ -104,6 +104,7 @@ impl State {
             return;
         }
         tracing::info!(by = %by, "stopped by an administrator");
+        let turn = self.turn.is_some();
         self.interrupt_for_admin(&by).await;
         let dropped = self.prompts.len();
         for prompt in std::mem::take(&mut self.prompts) {
@@ -116,7 +117,7 @@ impl State {
                 let _ = message.ack().await;
             }
         }
-        self.stop = Some((by, dropped));
+        self.stop = Some((by, turn, dropped));
     }
 
     /// `/claude invite|kick|permissions|stop|status`, or `/invite` / `/kick` in a message.
