@@ -289,8 +289,17 @@ impl Worker {
         drain.cancel();
         let grace = Duration::from_secs(ctx.config.worker.shutdown_grace_s);
         let finished = tokio::time::timeout(grace, async {
-            while let Some(done) = actors.join_next().await {
-                handle_actor_exit(&ctx, done);
+            loop {
+                tokio::select! {
+                    done = actors.join_next() => match done {
+                        Some(done) => handle_actor_exit(&ctx, done),
+                        None => break,
+                    },
+                    // A repeated drain while this one runs is answered, not left to time out.
+                    Some(command) = next_command(&mut control) => {
+                        answer_command(&ctx, &command, true).await;
+                    }
+                }
             }
         })
         .await;

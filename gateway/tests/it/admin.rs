@@ -472,6 +472,16 @@ async fn the_admin_api_lists_shows_stops_and_drains_with_scoped_tokens_and_an_au
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["draining"], json!(true));
+    // Asked again (while it drains or once drained), it answers the same.
+    let (status, body) = api
+        .call(
+            "post",
+            "/workers/{id}/drain",
+            &format!("/workers/{drained}/drain"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!((status, &body["draining"]), (202, &json!(true)), "{body}");
     eventually(WAIT, "the drained worker leaves the list", || async {
         let (_, body) = api.call("get", "/workers", "/workers", Some(READ)).await;
         let ids: Vec<String> = body["workers"]
