@@ -194,6 +194,34 @@ pub struct GatewayConfig {
     pub coalesce_interval_ms: u64,
     pub shutdown_grace_s: u64,
     pub max_body_bytes: usize,
+    /// Who may use the admin API (`/admin/v1` on `listen`). None: every request is 401.
+    #[serde(default)]
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+/// One bearer token of the admin API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who the token stands for in the audit (e.g. `ops-oncall`).
+    pub name: String,
+    /// At least [`AdminToken::MIN_LEN`] characters.
+    pub token: Secret,
+    pub scope: AdminScope,
+}
+
+impl AdminToken {
+    pub const MIN_LEN: usize = 24;
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminScope {
+    /// Look: list and read.
+    Read,
+    /// Look and act: stop sessions, drain workers.
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -480,6 +508,31 @@ impl Config {
                 "gateway.public_url",
                 "must be an http(s) URL",
             ));
+        }
+        for (i, admin) in self.gateway.admin_tokens.iter().enumerate() {
+            let key = format!("gateway.admin_tokens[{i}]");
+            if admin.name.trim().is_empty() {
+                return Err(Error::invalid(&format!("{key}.name"), "must not be empty"));
+            }
+            if admin.token.expose().chars().count() < AdminToken::MIN_LEN {
+                return Err(Error::invalid(
+                    &format!("{key}.token"),
+                    format!("must be at least {} characters", AdminToken::MIN_LEN),
+                ));
+            }
+            let earlier = &self.gateway.admin_tokens[..i];
+            if earlier.iter().any(|other| other.name == admin.name) {
+                return Err(Error::invalid(
+                    &format!("{key}.name"),
+                    "is used by another token",
+                ));
+            }
+            if earlier.iter().any(|other| other.token == admin.token) {
+                return Err(Error::invalid(
+                    &format!("{key}.token"),
+                    "is used by another token",
+                ));
+            }
         }
         if self.gateway.coalesce_interval_ms == 0 {
             return Err(Error::invalid(

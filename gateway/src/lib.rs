@@ -3,13 +3,17 @@
 //! Ingress turns Mattermost events (WebSocket, outgoing webhooks, the `/claude` slash
 //! command, button actions, dialog submissions) into `proto` chat events on JetStream;
 //! egress applies workers' reply operations to Mattermost's REST API within its limits;
-//! artifact links are served from the object store.
+//! artifact links are served from the object store; the admin API (`/admin/v1`, see
+//! [`admin`]) shows the fleet to operators and forwards their commands to workers.
 //!
 //! Invariants: the gateway holds no session state — any replica may die at any time; what
 //! must outlive a request lives in JetStream and its KV buckets. It acknowledges Mattermost
-//! only after JetStream acknowledged. It never touches Docker or the agent.
+//! only after JetStream acknowledged. It never touches Docker or the agent, and decides
+//! nothing about sessions: it reads workers' records and forwards operators' commands.
 
+pub mod admin;
 pub mod artifacts;
+pub mod ctl;
 pub mod egress;
 pub mod error;
 pub mod ingress;
@@ -51,6 +55,8 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("egress failed")]
     Egress(#[from] egress::Error),
+    #[error("PostgreSQL is unavailable (the admin API reads the record)")]
+    Pg(#[from] common::pg::Error),
 }
 
 /// What the HTTP handlers share.
@@ -67,6 +73,7 @@ pub struct AppState {
     pub names: Names,
     /// Background loops that are down now (`/readyz`).
     pub health: Arc<common::health::Health>,
+    pub admin: admin::Admin,
 }
 
 /// Which parts of the gateway run (all, in production).
@@ -129,7 +136,23 @@ impl Gateway {
             metrics: metrics.clone(),
             files: Some((mattermost.clone(), store.clone())),
         };
+        // The record is read only by the admin API: without admin tokens no pool is made,
+        // so a gateway without them needs no database.
+        let record = if config.gateway.admin_tokens.is_empty() {
+            None
+        } else {
+            Some(admin::record::Record {
+                pool: common::pg::pool(&config.postgres)?,
+            })
+        };
+        let admin = admin::Admin {
+            tokens: Arc::new(config.gateway.admin_tokens.clone()),
+            record,
+            leases: fabric.leases.clone(),
+            workers: fabric.workers.clone(),
+        };
         let state = AppState {
+            admin,
             signer: Signer::new(config.gateway.signing_key.expose().as_bytes()),
             config: Arc::new(config),
             publisher,
@@ -289,6 +312,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
+        .nest("/admin/v1", admin::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

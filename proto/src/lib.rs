@@ -13,6 +13,7 @@
 //! [`commands`].
 
 pub mod commands;
+pub mod control;
 pub mod envelope;
 pub mod ids;
 pub mod kv;

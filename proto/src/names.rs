@@ -162,6 +162,12 @@ impl Names {
         "egress-leader"
     }
 
+    /// Where one worker answers operators' commands ([`crate::control::WorkerCommand`]);
+    /// core NATS request/reply, outside every stream.
+    pub fn worker_control_subject(&self, worker: &WorkerId) -> String {
+        format!("{}.control.{}", self.prefix, worker)
+    }
+
     /// The KV bucket of live workers and their free capacity.
     pub fn workers_bucket(&self) -> String {
         format!("{}_workers", self.prefix)

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use proto::{ThreadId, WorkerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -233,9 +233,36 @@ impl Worker {
         background.spawn(claim_loop(ctx.clone(), stop_intake.clone(), spawn_tx));
         background.spawn(janitor_loop(ctx.clone(), stop_intake.clone()));
         background.spawn(heartbeat_loop(ctx.clone(), stop_intake.clone()));
+        // Operators' commands (admin API). Without it the worker still runs: it cannot be
+        // drained remotely, which is logged.
+        let mut control = match ctx
+            .fabric
+            .js
+            .client()
+            .subscribe(ctx.names.worker_control_subject(&ctx.id))
+            .await
+        {
+            Ok(control) => Some(control),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot receive operators' commands");
+                None
+            }
+        };
+        let mut drained_by = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(command) = next_command(&mut control) => {
+                    match proto::control::WorkerCommand::decode(&command.payload) {
+                        Some(proto::control::WorkerCommand::Drain { by }) => {
+                            tracing::info!(by = %by, "drain requested by an operator");
+                            answer_command(&ctx, &command, true).await;
+                            drained_by = Some(by);
+                            break;
+                        }
+                        None => tracing::warn!("unknown operator command ignored"),
+                    }
+                }
                 Some(assignment) = spawn_rx.recv() => {
                     let actor = ThreadActor::new(ctx.clone(), assignment.thread.clone(), assignment.revision);
                     let drain = drain.clone();
@@ -262,8 +289,17 @@ impl Worker {
         drain.cancel();
         let grace = Duration::from_secs(ctx.config.worker.shutdown_grace_s);
         let finished = tokio::time::timeout(grace, async {
-            while let Some(done) = actors.join_next().await {
-                handle_actor_exit(&ctx, done);
+            loop {
+                tokio::select! {
+                    done = actors.join_next() => match done {
+                        Some(done) => handle_actor_exit(&ctx, done),
+                        None => break,
+                    },
+                    // A repeated drain while this one runs is answered, not left to time out.
+                    Some(command) = next_command(&mut control) => {
+                        answer_command(&ctx, &command, true).await;
+                    }
+                }
             }
         })
         .await;
@@ -274,7 +310,47 @@ impl Worker {
         while background.join_next().await.is_some() {}
         let _ = ctx.fabric.workers.delete(ctx.id.as_str()).await;
         tracing::info!("drained");
+        if drained_by.is_some() {
+            // Drained on request: the process stays (its metrics, its answers to a
+            // repeated drain) until it is stopped; it claims nothing.
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(command) = next_command(&mut control) => {
+                        answer_command(&ctx, &command, true).await;
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+async fn next_command(control: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match control {
+        Some(control) => control.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn answer_command(ctx: &Ctx, command: &async_nats::Message, draining: bool) {
+    let Some(reply) = &command.reply else {
+        return;
+    };
+    let owned = ctx.claimer.lock().expect("claimer lock").owned().count() as u64;
+    let answer = proto::control::WorkerReply {
+        worker: ctx.id.to_string(),
+        draining,
+        owned,
+    };
+    if let Err(err) = ctx
+        .fabric
+        .js
+        .client()
+        .publish(reply.clone(), answer.encode().into())
+        .await
+    {
+        tracing::warn!(error = %err, "could not answer an operator's command");
     }
 }
 

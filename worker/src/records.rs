@@ -33,6 +33,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0005_turn_starts.sql"),
     },
     Migration {
+        version: "0006_admin_audit",
+        sql: include_str!("../migrations/0006_admin_audit.sql"),
+    },
+    Migration {
         version: "0007_turn_trace_ids",
         sql: include_str!("../migrations/0007_turn_trace_ids.sql"),
     },

@@ -520,6 +520,28 @@ pub fn evicted() -> String {
     ":zzz: This session was put to sleep to make room for a queued thread. Reply in this thread to wake it up where it left off.".to_owned()
 }
 
+/// An operator stopped the session through the admin API.
+pub fn admin_stopped(by: &str, turn: bool, dropped: usize) -> String {
+    let what = if turn {
+        "its turn was ended and its container stopped"
+    } else {
+        "its container was stopped"
+    };
+    let dropped = match dropped {
+        0 => String::new(),
+        1 => " One message waiting for its turn was dropped.".to_owned(),
+        n => format!(" {n} messages waiting for their turn were dropped."),
+    };
+    format!(
+        ":octagonal_sign: An administrator (`{by}`) stopped this session: {what}.{dropped} The session is kept: reply in this thread to continue where it left off."
+    )
+}
+
+/// What an answer post shows when an operator stopped its turn.
+pub fn admin_interrupted(by: &str) -> String {
+    format!(":octagonal_sign: Stopped by an administrator (`{by}`).")
+}
+
 pub fn idle_stopped(minutes: u64) -> String {
     format!(
         ":zzz: This session was idle for {minutes} minutes and has been put to sleep. Reply in this thread to wake it up where it left off."
@@ -825,6 +847,20 @@ mod tests {
             tool_use("NotebookEdit", &json!({})),
         ];
         insta::assert_snapshot!(lines.join("\n\n"));
+    }
+
+    #[test]
+    fn admin_stop_snapshot() {
+        insta::assert_snapshot!(
+            [
+                admin_interrupted("ops"),
+                admin_stopped("ops", true, 0),
+                admin_stopped("ops", false, 0),
+                admin_stopped("ops", true, 1),
+                admin_stopped("ops", true, 3),
+            ]
+            .join("\n\n")
+        );
     }
 
     #[test]

@@ -167,3 +167,31 @@ fn secrets_never_appear_in_debug_output() {
     assert!(!debug.contains("very-secret"), "{debug}");
     assert!(!debug.contains("bot-token-secret"), "{debug}");
 }
+
+#[test]
+fn admin_tokens_need_a_name_a_long_secret_and_no_twin() {
+    use common::config::{AdminScope, AdminToken, Secret};
+    let token = |name: &str, secret: &str| AdminToken {
+        name: name.into(),
+        token: Secret::new(secret),
+        scope: AdminScope::Read,
+    };
+    let long = "x".repeat(AdminToken::MIN_LEN);
+    let check = |tokens: Vec<AdminToken>| {
+        let mut config = load(&[], &[]).unwrap();
+        config.gateway.admin_tokens = tokens;
+        config.validate().map_err(|err| err.to_string())
+    };
+    assert!(check(vec![token("ops", &long)]).is_ok());
+    let err = check(vec![token("ops", "short")]).unwrap_err();
+    assert!(err.contains("gateway.admin_tokens[0].token"), "{err}");
+    assert!(!err.contains("short"), "the secret is never printed: {err}");
+    let err = check(vec![token(" ", &long)]).unwrap_err();
+    assert!(err.contains("gateway.admin_tokens[0].name"), "{err}");
+    let other = "y".repeat(AdminToken::MIN_LEN);
+    let err = check(vec![token("ops", &long), token("ops", &other)]).unwrap_err();
+    assert!(err.contains("gateway.admin_tokens[1].name"), "{err}");
+    let err = check(vec![token("ops", &long), token("dev", &long)]).unwrap_err();
+    assert!(err.contains("gateway.admin_tokens[1].token"), "{err}");
+    assert_eq!(format!("{:?}", token("ops", &long).token), "***");
+}

@@ -47,6 +47,8 @@ pub enum ActorExit {
     Idle,
     /// The worker is draining.
     Drained,
+    /// An operator stopped the session (admin API): it sleeps, resumable.
+    Stopped,
     /// Another worker may own the thread now.
     LeaseLost,
     /// The thread's consumer could not be opened.
@@ -168,6 +170,7 @@ impl ThreadActor {
             done: false,
             lost: lost.clone(),
             unsaved: None,
+            stop: None,
         };
         let serve = async {
             let exit = tracing::Instrument::instrument(state.serve(&drain, &lost), span).await;
@@ -213,6 +216,9 @@ struct State {
     /// A finished turn whose checkpoint could not be stored: the session is not let go
     /// (idle, eviction) until a checkpoint holds it.
     unsaved: Option<i32>,
+    /// An operator asked to stop the session: who, whether a turn was running, and how
+    /// many waiting prompts were dropped. It ends once its turn has.
+    stop: Option<(String, bool, usize)>,
 }
 
 async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
@@ -236,6 +242,15 @@ impl State {
         let mut draining = false;
         loop {
             if self.turn.is_none() {
+                if let Some((by, turn, dropped)) = self.stop.take() {
+                    if let Some(live) = self.live.as_mut() {
+                        let _ = live
+                            .replies
+                            .create(render::admin_stopped(&by, turn, dropped), None)
+                            .await;
+                    }
+                    return ActorExit::Stopped;
+                }
                 if draining {
                     return ActorExit::Drained;
                 }
@@ -476,6 +491,12 @@ impl State {
                     self.on_reaction(&event, reaction.post_id.as_str(), &reaction.emoji)
                         .await?;
                 }
+                Ok(Routed::Done)
+            }
+            (EventBody::ButtonAction(action), _)
+                if action.action == proto::control::ADMIN_STOP_ACTION =>
+            {
+                self.admin_stop(action).await;
                 Ok(Routed::Done)
             }
             (EventBody::ButtonAction(action), _) => {

@@ -109,6 +109,34 @@ impl State {
             || participants.iter().any(|p| p == &event.user.username))
     }
 
+    /// An operator's stop (admin API, see `proto::control`): ends the turn, drops the
+    /// prompts waiting behind it and lets the session go (container stopped, resumable),
+    /// saying so in the thread. A thread with no live session here has nothing to stop.
+    pub(super) async fn admin_stop(&mut self, action: &proto::v1::ButtonAction) {
+        let by = serde_json::from_str::<proto::control::AdminStop>(&action.context_json)
+            .map(|stop| stop.by)
+            .unwrap_or_else(|_| "admin".to_owned());
+        if self.live.is_none() {
+            self.done = true;
+            return;
+        }
+        tracing::info!(by = %by, "stopped by an administrator");
+        let turn = self.turn.is_some();
+        self.interrupt_for_admin(&by).await;
+        let dropped = self.prompts.len();
+        for prompt in std::mem::take(&mut self.prompts) {
+            let _ = self
+                .ctx
+                .records
+                .mark_handled(&prompt.event.event_id, None)
+                .await;
+            if let Some(message) = prompt.message {
+                let _ = message.ack().await;
+            }
+        }
+        self.stop = Some((by, turn, dropped));
+    }
+
     /// `/claude invite|kick|permissions|stop|status`, or `/invite` / `/kick` in a message.
     pub(super) async fn command(
         &mut self,

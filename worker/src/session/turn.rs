@@ -30,6 +30,19 @@ impl State {
             return;
         };
         turn.transcript.interrupted(by);
+        self.interrupt_agent(by).await;
+    }
+
+    /// Stops the current turn on an operator's request (the admin API).
+    pub(super) async fn interrupt_for_admin(&mut self, by: &str) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        turn.transcript.stopped(render::admin_interrupted(by));
+        self.interrupt_agent(by).await;
+    }
+
+    async fn interrupt_agent(&mut self, by: &str) {
         let Some(handle) = self
             .live
             .as_ref()
