@@ -136,8 +136,8 @@ fn is_builtin_network(name: &str) -> bool {
 /// Creates the named session network (a plain bridge, labelled with the fleet) when it
 /// does not exist, so a deployment only names it (`worker.network`); an operator may make
 /// it first with other options, and it is then used as it is. Two workers starting at once
-/// may both create it (the engine allows equal names): each then keeps the network with
-/// the smallest id and removes its own other one, so one remains.
+/// may both create it (the engine allows equal names): each creator then removes all but
+/// the one with the smallest id, so one remains.
 async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), Error> {
     if is_builtin_network(name) {
         return Ok(());
@@ -163,26 +163,33 @@ async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), 
         })
         .await
         .map_err(failed("create_network"))?;
-    tracing::info!(network = name, "created the session network");
-    let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
-    let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
-        .filters(&filters)
-        .build();
-    let mut same: Vec<String> = docker
-        .list_networks(Some(options))
-        .await
-        .map_err(failed("list_networks"))?
-        .into_iter()
-        // The filter matches parts of names.
-        .filter(|n| n.name.as_deref() == Some(name))
-        .filter_map(|n| n.id)
-        .collect();
-    same.sort();
-    if same.len() > 1 && same.first() != Some(&created.id) {
-        docker
-            .remove_network(&created.id)
+    tracing::info!(network = name, id = %created.id, "created the session network");
+    // Workers starting together may each have made one (the engine allows equal names).
+    // Each creator keeps only the one with the smallest id: the last creator sees all of
+    // them, so they converge on one whoever lists first. A network already in use is not
+    // removed (the engine refuses), nor waited for.
+    for _ in 0..10 {
+        let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut same: Vec<String> = docker
+            .list_networks(Some(options))
             .await
-            .map_err(failed("remove_network"))?;
+            .map_err(failed("list_networks"))?
+            .into_iter()
+            // The filter matches parts of names.
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+            .collect();
+        if same.len() <= 1 {
+            break;
+        }
+        same.sort();
+        for extra in &same[1..] {
+            let _ = docker.remove_network(extra).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())
 }
