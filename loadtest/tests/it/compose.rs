@@ -246,10 +246,16 @@ async fn scenario(h: &Harness, started: Instant, public_url: &str) {
         "compose bring-up to first answer: {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let files = posts
-        .iter()
-        .find(|p| p.message.contains("Files from this turn"))
-        .expect("the artifact block");
+    drop(posts);
+    // The file links come in their own post, which may follow the answer's footer.
+    let files = wait_for(Duration::from_secs(60), || async {
+        bot_posts(&h.boot.demo, &h.boot, &a.root)
+            .await
+            .into_iter()
+            .find(|p| p.message.contains("Files from this turn"))
+    })
+    .await
+    .expect("the artifact block");
     let url = link(&files.message, "open page").expect("an open-page link");
     assert!(url.starts_with(public_url), "{url}");
     let page = reqwest::get(&url).await.unwrap();
