@@ -33,6 +33,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The `class` of `mattermost_responses_total` this answer counts under.
+    pub fn status_class(&self) -> &'static str {
+        match self {
+            Error::RateLimited { .. } => "429",
+            Error::Status { status, .. } if *status >= 500 => "5xx",
+            Error::Status { .. } => "4xx",
+            // The request did not get an answer, or the answer was not what was asked.
+            Error::Network { .. } => "network",
+            Error::Body { .. } => "2xx",
+        }
+    }
+
     /// Worth retrying: rate limits, and whatever [`Error::is_unavailable`] covers. Any
     /// other answer (a 4xx, a body that does not parse) is Mattermost refusing for good.
     pub fn is_retryable(&self) -> bool {

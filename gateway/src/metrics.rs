@@ -9,6 +9,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The `class` label of `mattermost_responses_total`, each created at 0.
+pub const RESPONSE_CLASSES: &[&str] = &["2xx", "4xx", "429", "5xx", "network"];
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -18,8 +21,12 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     /// Mattermost REST calls made by egress, by call and outcome.
     pub egress_calls: Family<Labels, Counter>,
+    /// Mattermost's answers by status class (2xx, 4xx, 429, 5xx, network).
+    pub mattermost_responses: Family<Labels, Counter>,
     /// 429 answers from Mattermost (retried; never shown to users).
     pub rate_limited: Counter,
+    /// Reply operations the egress leader holds, not yet applied.
+    pub egress_queue_depth: Gauge,
     /// Reply operation created → applied, seconds.
     pub egress_lag: Histogram,
     /// Reply operations Mattermost refused for good (or that outlived the replies stream).
@@ -48,6 +55,21 @@ impl Default for Metrics {
             "egress_calls",
             "Mattermost REST calls made by egress",
             egress_calls.clone(),
+        );
+        let mattermost_responses = Family::<Labels, Counter>::default();
+        for class in RESPONSE_CLASSES {
+            let _ = mattermost_responses.get_or_create(&vec![("class", (*class).to_owned())]);
+        }
+        registry.register(
+            "mattermost_responses",
+            "Mattermost's answers to REST calls, by status class",
+            mattermost_responses.clone(),
+        );
+        let egress_queue_depth = Gauge::default();
+        registry.register(
+            "egress_queue_depth",
+            "Reply operations held by the egress leader, not yet applied",
+            egress_queue_depth.clone(),
         );
         let rate_limited = Counter::default();
         registry.register(
@@ -90,7 +112,9 @@ impl Default for Metrics {
             events_in,
             publish_latency,
             egress_calls,
+            mattermost_responses,
             rate_limited,
+            egress_queue_depth,
             egress_lag,
             dead_letters,
             egress_leader,
@@ -113,6 +137,13 @@ impl Metrics {
                 ("call", call.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
+            .inc();
+    }
+
+    /// One answer from Mattermost, by its class (one of [`RESPONSE_CLASSES`]).
+    pub fn mattermost_response(&self, class: &'static str) {
+        self.mattermost_responses
+            .get_or_create(&vec![("class", class.to_owned())])
             .inc();
     }
 

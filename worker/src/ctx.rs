@@ -32,6 +32,8 @@ pub struct Ctx {
     pub lease_ttl: Duration,
     /// Which background loops are down now (served at `/readyz`).
     pub health: std::sync::Arc<Health>,
+    /// What the worker counts (served at `/metrics`).
+    pub stats: crate::metrics::Stats,
 }
 
 /// The worker's background loops that are down (each restarts itself with backoff): the

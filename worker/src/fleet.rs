@@ -162,6 +162,7 @@ impl Worker {
             records: Records::new(pool),
             slot_freed: Notify::new(),
             evict_idle: Notify::new(),
+            stats: crate::metrics::Stats::with_model(&config.model.model),
             config,
             id,
             fabric,
@@ -172,9 +173,10 @@ impl Worker {
         };
         // Registered before anything can be routed to it, so dispatchers count its slots.
         beat(&ctx).await;
-        let metrics = Arc::new(crate::metrics::Metrics::new(&ctx.runtime));
+        let ctx = Arc::new(ctx);
+        let metrics = Arc::new(crate::metrics::Metrics::new(ctx.clone()));
         Ok(Self {
-            ctx: Arc::new(ctx),
+            ctx,
             metrics,
             _slot: slot,
         })

@@ -38,6 +38,7 @@ use async_nats::jetstream::{self, consumer::pull, kv};
 use common::lease;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
+use prometheus_client::metrics::gauge::Gauge;
 use proto::names::{self, MSG_ID_HEADER, Names};
 use proto::v1::{Op, PostTarget, ReplyOp};
 use proto::{LocalRef, Message, PostId, SessionId, ThreadId};
@@ -196,6 +197,7 @@ impl Egress {
                     self.metrics.egress_leader.set(1);
                     let result = self.lead(revision, shutdown.clone()).await;
                     self.metrics.egress_leader.set(0);
+                    self.metrics.egress_queue_depth.set(0);
                     // Hand over at once on a clean stop; a crashed leader's lease lapses.
                     if shutdown.is_cancelled() {
                         let _ = self.leases.delete(key).await;
@@ -272,7 +274,7 @@ impl Egress {
         let mut messages = consumer.messages().await.map_err(Error::Messages)?;
         self.health.set_up(LOOP_NAME);
         let mut threads: HashMap<ThreadId, mpsc::UnboundedSender<Delivery>> = HashMap::new();
-        let held = Held::default();
+        let held = Held::new(self.metrics.egress_queue_depth.clone());
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let client = self.js.client();
@@ -612,6 +614,7 @@ impl Egress {
             Ok((value, rate)) => {
                 pass.answered();
                 self.metrics.egress_call(name, "ok");
+                self.metrics.mattermost_response("2xx");
                 if rate.remaining == Some(0)
                     && let Some(reset) = rate.reset
                 {
@@ -631,6 +634,7 @@ impl Egress {
                     _ => "failed",
                 };
                 self.metrics.egress_call(name, outcome);
+                self.metrics.mattermost_response(err.status_class());
                 Err(err.into())
             }
         }
@@ -1057,8 +1061,9 @@ struct Delivery {
 /// operations) gets an in-progress ack every [`PROGRESS_EVERY`], so JetStream's ack wait
 /// bounds how soon a new leader gets a lost leader's messages, never how long an operation
 /// may wait, and a long wait brings no redeliveries.
-#[derive(Clone, Default)]
-struct Held(Arc<Mutex<HashMap<u64, Holding>>>);
+/// Its size is the egress queue depth (`egress_queue_depth`).
+#[derive(Clone)]
+struct Held(Arc<Mutex<HashMap<u64, Holding>>>, Gauge);
 
 struct Holding {
     reply: async_nats::Subject,
@@ -1069,6 +1074,11 @@ struct Holding {
 }
 
 impl Held {
+    fn new(depth: Gauge) -> Self {
+        depth.set(0);
+        Self(Arc::default(), depth)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Holding>> {
         self.0
             .lock()
@@ -1079,8 +1089,8 @@ impl Held {
         let sequence = message.info().ok()?.stream_sequence;
         let reply = message.reply.clone()?;
         let now = std::time::Instant::now();
-        self.lock()
-            .entry(sequence)
+        let mut held = self.lock();
+        held.entry(sequence)
             .and_modify(|h| {
                 h.count += 1;
                 h.reply = reply.clone();
@@ -1091,6 +1101,8 @@ impl Held {
                 count: 1,
                 touched: now,
             });
+        self.1.set(held.len() as i64);
+        drop(held);
         Some(Hold {
             held: self.clone(),
             sequence,
@@ -1124,6 +1136,7 @@ impl Drop for Hold {
                 held.remove(&self.sequence);
             }
         }
+        self.held.1.set(held.len() as i64);
     }
 }
 

@@ -118,6 +118,22 @@ pub(crate) async fn claim_loop(
                     beat(&ctx).await;
                     if outcome == OnLease::Start && revision > 0 {
                         tracing::info!(%thread, "claimed thread");
+                        let takeover = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(proto::names::MSG_ID_HEADER))
+                            .is_some_and(|id| id.as_str().starts_with(super::janitor::TAKEOVER));
+                        let waited = message.info().ok().and_then(|info| {
+                            let published = info.published.unix_timestamp_nanos();
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .ok()?
+                                .as_nanos() as i128;
+                            u64::try_from(now - published)
+                                .ok()
+                                .map(Duration::from_nanos)
+                        });
+                        ctx.stats.claimed(takeover, waited);
                         if spawn
                             .send(ThreadAssignment {
                                 thread: thread.clone(),

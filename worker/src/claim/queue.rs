@@ -40,15 +40,18 @@ pub(crate) async fn enqueue(
 /// worker with a free slot is about to pull (its pull request takes it at once), so this
 /// counts only threads for which the whole fleet is full. 0 when unknown.
 pub(crate) async fn threads_waiting(ctx: &Ctx) -> u64 {
-    let consumer: Result<jetstream::consumer::Consumer<pull::Config>, _> = ctx
+    queued_threads(ctx).await.unwrap_or(0)
+}
+
+/// [`threads_waiting`], `None` when NATS does not tell.
+pub(crate) async fn queued_threads(ctx: &Ctx) -> Option<u64> {
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> = ctx
         .fabric
         .queue
         .get_consumer(&ctx.names.claim_consumer())
-        .await;
-    match consumer {
-        Ok(mut consumer) => consumer.info().await.map(|i| i.num_pending).unwrap_or(0),
-        Err(_) => 0,
-    }
+        .await
+        .ok()?;
+    consumer.info().await.ok().map(|i| i.num_pending)
 }
 
 /// Events of `thread` not handled yet: undelivered, or delivered and unacknowledged.

@@ -216,8 +216,14 @@ impl State {
                     answer,
                 } => {
                     // The wait is over once the answer goes to the CLI.
-                    if let Some(turn) = self.turn.as_mut() {
-                        turn.waits.remove(&request_id);
+                    if let Some(wait) = self
+                        .turn
+                        .as_mut()
+                        .and_then(|turn| turn.waits.remove(&request_id))
+                    {
+                        self.ctx
+                            .stats
+                            .approval_answered(&wait.tool, wait.since.elapsed());
                     }
                     if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) {
                         match session.agent_handle().respond(&request_id, answer).await {

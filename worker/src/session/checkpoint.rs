@@ -20,6 +20,7 @@ impl State {
         let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let limit = self.ctx.config.worker.max_workspace_bytes;
         let file = session.checkpoint(limit).await?;
         let key = format!("checkpoints/{}/turn-{turn:05}.tar.gz", self.thread);
@@ -38,6 +39,9 @@ impl State {
             .records
             .record_checkpoint(self.thread.as_str(), turn, &key, size, self.ctx.id.as_str())
             .await?;
+        self.ctx
+            .stats
+            .checkpointed(size.unsigned_abs(), started.elapsed());
         Ok(())
     }
 

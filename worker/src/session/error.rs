@@ -51,6 +51,22 @@ impl Error {
         }
     }
 
+    /// The `kind` label of `errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Undecodable(_) => "undecodable",
+            Error::Records(_) => "records",
+            Error::Replies(_) => "replies",
+            Error::Runtime(_) => "runtime",
+            Error::Checkpoint(_) => "checkpoint",
+            Error::CheckpointStore(_) => "checkpoint_store",
+            Error::CheckpointFile(_) => "checkpoint_file",
+            Error::Consumer(_) => "consumer",
+            Error::Posts(_) => "posts",
+            Error::NotAttached => "not_attached",
+        }
+    }
+
     /// A checkpoint refused because the session's files exceed their limit: (size, limit).
     pub fn too_large(&self) -> Option<(u64, u64)> {
         match self {

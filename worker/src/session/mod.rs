@@ -105,7 +105,21 @@ struct Turn {
     /// Tool calls not answered yet, by tool use id (dropping a span ends it).
     tools: std::collections::HashMap<String, tracing::Span>,
     /// Approvals waited for, by the CLI's request id.
-    waits: std::collections::HashMap<String, tracing::Span>,
+    waits: std::collections::HashMap<String, Wait>,
+    /// The model answering, as the CLI reported it (the configured one until then).
+    model: String,
+    /// Whether the thread has shown any of the answer yet.
+    shown: bool,
+    /// Counts the session as active while the turn lives.
+    _active: crate::metrics::Active,
+}
+
+/// An approval the turn waits for.
+struct Wait {
+    /// Ended (dropped) when the answer goes to the CLI.
+    _span: tracing::Span,
+    since: Instant,
+    tool: String,
 }
 
 struct Live {
@@ -518,6 +532,7 @@ impl State {
         delivered: i64,
         err: Error,
     ) {
+        self.ctx.stats.error(err.kind(), err.is_retryable());
         let retry = err.is_retryable() && delivered < MAX_DELIVER;
         let nak = jetstream::AckKind::Nak(Some(error::backoff(delivered)));
         if retry {

@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 
 use super::*;
 use crate::agent::{Event, TurnResult};
+use crate::metrics::TurnOutcome;
 use crate::render::{self, Status};
 use crate::transcript::{Change, Transcript};
 
@@ -265,6 +266,9 @@ impl State {
             _received: prompt.span,
             tools: std::collections::HashMap::new(),
             waits: std::collections::HashMap::new(),
+            model: self.ctx.config.model.model.clone(),
+            shown: false,
+            _active: crate::metrics::Active::new(&self.ctx.stats.active),
         });
         self.set_status(Status::Working).await;
     }
@@ -350,6 +354,13 @@ impl State {
             Some(local) => live.replies.update(local, text, None, streaming).await,
             None => {
                 turn.answer = Some(live.replies.create(text, None).await?);
+                if !turn.shown {
+                    turn.shown = true;
+                    self.ctx
+                        .stats
+                        .first_output
+                        .observe(turn.started.elapsed().as_secs_f64());
+                }
                 Ok(())
             }
         }
@@ -358,12 +369,18 @@ impl State {
     pub(super) async fn on_agent_event(&mut self, event: Event) {
         if let Some(turn) = self.turn.as_mut() {
             turn.trace_tool(&event);
+            if let Event::ToolUse { name, .. } = &event {
+                self.ctx.stats.tool_called(name);
+            }
         }
         match event {
             Event::Init(init) => {
-                if let Some(turn) = &self.turn {
+                if let Some(turn) = self.turn.as_mut() {
                     turn.span
                         .record("gen_ai.response.model", init.model.as_str());
+                    if !init.model.is_empty() {
+                        turn.model = init.model.clone();
+                    }
                 }
                 if let Some(live) = self.live.as_mut()
                     && live.row.cli_session_id.as_deref() != Some(init.session_id.as_str())
@@ -448,6 +465,9 @@ impl State {
         let died = self.turn.as_ref().map(|t| t.transcript.died_text());
         let _ = self.publish_answer(false, died).await;
         if let Some(turn) = self.turn.take() {
+            self.ctx
+                .stats
+                .turn_ended(TurnOutcome::Failed, turn.started.elapsed());
             let _ = self
                 .ctx
                 .records
@@ -501,6 +521,24 @@ impl State {
             let _ = live.replies.create(block, None).await;
         }
         let usage = result.usage;
+        self.ctx.stats.usage(
+            &turn.model,
+            [
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_input_tokens,
+                usage.cache_creation_input_tokens,
+            ],
+            result.cost_usd,
+        );
+        self.ctx.stats.turn_ended(
+            TurnOutcome::of(
+                result.is_error,
+                result.terminal_reason.as_deref(),
+                turn.stopping.is_some(),
+            ),
+            turn.started.elapsed(),
+        );
         // The checkpoint and the turn's record are independent; the event counts as handled
         // only once the checkpoint that holds its turn is stored, or the thread was told it
         // could not be.
@@ -604,7 +642,14 @@ impl Turn {
             gen_ai.tool.name = %request.tool_name,
             ccfleet.approval.request_id = %request.request_id,
         );
-        self.waits.insert(request.request_id.clone(), span);
+        self.waits.insert(
+            request.request_id.clone(),
+            super::Wait {
+                _span: span,
+                since: Instant::now(),
+                tool: request.tool_name.clone(),
+            },
+        );
     }
 }
 

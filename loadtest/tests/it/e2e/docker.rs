@@ -4,7 +4,7 @@ use std::time::Duration;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 
-use super::support::{answers, eventually, fleet, link, wait_for_post};
+use super::support::{answers, eventually, fleet, link, wait_for_post, worker_metrics};
 
 /// Containers of sessions (warm-pool containers not yet taken are left out).
 async fn session_containers() -> usize {
@@ -27,27 +27,6 @@ async fn session_containers() -> usize {
                 .any(|n| n.starts_with("/ccfleet-pool-"))
         })
         .count()
-}
-
-/// `GET /metrics` of the fleet's first worker, served on a loopback port.
-async fn worker_metrics(fleet: &loadtest::fleet::LocalFleet) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(worker::metrics::serve(
-        listener,
-        fleet.workers[0].metrics.clone(),
-        std::sync::Arc::default(),
-        stop.clone(),
-    ));
-    let response = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    stop.cancel();
-    server.await.unwrap().unwrap();
-    text
 }
 
 #[tokio::test]
@@ -86,7 +65,7 @@ async fn in_docker_a_page_is_generated_and_a_follow_up_reuses_the_same_container
     assert!(page.text().await.unwrap().to_lowercase().contains("<html"));
     let during = session_containers().await;
     assert_eq!(during, before + 1, "one container for the session");
-    let metrics = worker_metrics(&fleet).await;
+    let metrics = worker_metrics(&fleet, 0).await;
     assert!(
         metrics.contains("ccfleet_worker_warm_pool_hits_total 1\n"),
         "{metrics}"

@@ -10,6 +10,7 @@ mod entry;
 mod failures;
 mod fencing;
 mod fleet;
+mod metrics;
 mod model_api;
 mod outage;
 mod retention;

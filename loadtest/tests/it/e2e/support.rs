@@ -138,3 +138,55 @@ pub async fn member(fleet: &LocalFleet, name: &str) -> User {
         .await
         .unwrap()
 }
+
+/// `GET /metrics` of the fleet's `n`th worker, served on a loopback port.
+pub async fn worker_metrics(fleet: &LocalFleet, n: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(worker::metrics::serve(
+        listener,
+        fleet.workers[n].metrics.clone(),
+        std::sync::Arc::default(),
+        stop.clone(),
+    ));
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    text
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reacts `emoji` to a bot post once the gateway knows the post's thread (egress records
+/// it just after creating the post: a person is never that fast; a test is).
+pub async fn react_when_known(fleet: &LocalFleet, post: &Post, emoji: &str) {
+    let nats = async_nats::connect(fleet.config.nats.url.as_str())
+        .await
+        .unwrap();
+    let posts = async_nats::jetstream::new(nats)
+        .get_key_value(proto::names::Names::new(fleet.config.nats.prefix.clone()).posts_bucket())
+        .await
+        .unwrap();
+    let key = proto::names::post_thread_key(&proto::PostId::from(post.id.as_str()));
+    eventually(
+        Duration::from_secs(30),
+        "the post's thread recorded",
+        || async { posts.get(key.as_str()).await.ok().flatten() },
+    )
+    .await;
+    fleet.demo().react(&post.id, emoji).await.unwrap();
+}

@@ -255,21 +255,7 @@ async fn one_mention_is_one_trace_from_ingress_to_the_posts_it_causes() {
         p.message.contains("Permission needed")
     })
     .await;
-    // A reaction counts once the gateway knows the post's thread, which egress records
-    // just after creating it (a person is never that fast; a test is).
-    let nats = async_nats::connect(fleet.config.nats.url.as_str())
-        .await
-        .unwrap();
-    let posts = async_nats::jetstream::new(nats)
-        .get_key_value(proto::names::Names::new(prefix.clone()).posts_bucket())
-        .await
-        .unwrap();
-    let key = proto::names::post_thread_key(&proto::PostId::from(prompt.id.as_str()));
-    eventually(TURN, "the request post's thread recorded", || async {
-        posts.get(key.as_str()).await.ok().flatten()
-    })
-    .await;
-    fleet.demo().react(&prompt.id, "+1").await.unwrap();
+    react_when_known(&fleet, &prompt, "+1").await;
     let done = wait_for_post(&fleet, &root.id, TURN, "the answer", is_answer).await;
     assert!(done.message.contains("Done"), "{}", done.message);
     wait_for_post(&fleet, &root.id, TURN, "the artifact links", |p| {
