@@ -106,6 +106,27 @@ impl TurnOutcome {
     }
 }
 
+/// What a claimed thread's session was before this worker attached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No session yet: the thread's first message.
+    New,
+    /// Released by its last owner (idle, drained, evicted).
+    Resume,
+    /// Its owner did not release it: it died or lost its lease.
+    Takeover,
+}
+
+impl Claim {
+    pub fn label(self) -> &'static str {
+        match self {
+            Claim::New => "new",
+            Claim::Resume => "resume",
+            Claim::Takeover => "takeover",
+        }
+    }
+}
+
 /// What the worker's parts count. Cloning shares the counters.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -176,8 +197,10 @@ impl Stats {
     /// Creates the bounded label combinations at 0 (`model`: the configured one).
     pub fn with_model(model: &str) -> Self {
         let stats = Self::default();
-        for kind in ["new", "takeover"] {
-            let _ = stats.claims.get_or_create(&vec![("kind", kind.into())]);
+        for kind in [Claim::New, Claim::Resume, Claim::Takeover] {
+            let _ = stats
+                .claims
+                .get_or_create(&vec![("kind", kind.label().into())]);
         }
         for outcome in [
             TurnOutcome::Completed,
@@ -209,14 +232,10 @@ impl Stats {
         let _ = self.cost.get_or_create(&vec![("model", model.into())]);
     }
 
-    pub fn claimed(&self, takeover: bool, waited: Option<Duration>) {
-        let kind = if takeover { "takeover" } else { "new" };
+    pub fn claimed(&self, kind: Claim) {
         self.claims
-            .get_or_create(&vec![("kind", kind.into())])
+            .get_or_create(&vec![("kind", kind.label().into())])
             .inc();
-        if let Some(waited) = waited {
-            self.queue_wait.observe(waited.as_secs_f64());
-        }
     }
 
     pub fn turn_ended(&self, outcome: TurnOutcome, took: Duration) {
@@ -264,7 +283,7 @@ impl Stats {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "claims",
-            "Threads claimed; takeover: the previous owner's lease had lapsed",
+            "Sessions attached by this worker: new, resumed after a release, or taken over from an owner that did not release",
             self.claims.clone(),
         );
         registry.register(

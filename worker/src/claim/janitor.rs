@@ -11,10 +11,6 @@ use super::Error;
 use super::queue::{enqueue, pending_events};
 use crate::ctx::Ctx;
 
-/// The `Nats-Msg-Id` prefix of a thread queued because its owner died: whoever claims it
-/// takes it over.
-pub(crate) const TAKEOVER: &str = "takeover:";
-
 pub(crate) async fn janitor_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
     let every = (ctx.lease_ttl / 2).max(Duration::from_millis(500));
     loop {
@@ -49,7 +45,7 @@ pub(crate) async fn janitor_pass(ctx: &Ctx) -> Result<(), Error> {
         }
         if pending_events(ctx, &thread).await > 0 {
             tracing::info!(%thread, dead_owner = %owner, "re-queueing a thread whose worker died");
-            enqueue(ctx, &thread, &format!("{TAKEOVER}{thread}:{owner}"))
+            enqueue(ctx, &thread, &format!("requeue:{thread}:{owner}"))
                 .await
                 .map_err(Error::Queue)?;
         } else {

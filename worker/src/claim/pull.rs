@@ -118,11 +118,6 @@ pub(crate) async fn claim_loop(
                     beat(&ctx).await;
                     if outcome == OnLease::Start && revision > 0 {
                         tracing::info!(%thread, "claimed thread");
-                        let takeover = message
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get(proto::names::MSG_ID_HEADER))
-                            .is_some_and(|id| id.as_str().starts_with(super::janitor::TAKEOVER));
                         let waited = message.info().ok().and_then(|info| {
                             let published = info.published.unix_timestamp_nanos();
                             let now = std::time::SystemTime::now()
@@ -133,7 +128,9 @@ pub(crate) async fn claim_loop(
                                 .ok()
                                 .map(Duration::from_nanos)
                         });
-                        ctx.stats.claimed(takeover, waited);
+                        if let Some(waited) = waited {
+                            ctx.stats.queue_wait.observe(waited.as_secs_f64());
+                        }
                         if spawn
                             .send(ThreadAssignment {
                                 thread: thread.clone(),

@@ -41,6 +41,11 @@ impl State {
                 .clone()
                 .or_else(|| row.status.strip_prefix("orphaned:").map(str::to_owned))
         });
+        ctx.stats.claimed(match (&existing, &previous) {
+            (None, _) => crate::metrics::Claim::New,
+            (Some(_), None) => crate::metrics::Claim::Resume,
+            (Some(_), Some(_)) => crate::metrics::Claim::Takeover,
+        });
         let row = match existing {
             Some(row) => row,
             None => {

@@ -14,7 +14,9 @@ use loadtest::mmsim::model::Post;
 use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 
-use super::support::{answers, bot_posts, eventually, fleet, is_answer, wait_for_post};
+use super::support::{
+    answers, bot_posts, eventually, fleet, is_answer, samples, wait_for_post, worker_metrics,
+};
 
 const TURN: Duration = Duration::from_secs(120);
 
@@ -106,6 +108,12 @@ async fn links_empty_directories_and_modes_survive_a_takeover() {
             .contains("links /usr/bin /etc/hostname ../../outside nlink 2 same mode 750 emptydir"),
         "the workspace came back as it was: {}",
         seen.message
+    );
+    let taken = samples(&worker_metrics(&fleet, 0).await);
+    assert_eq!(
+        taken.get(r#"ccfleet_worker_claims_total{kind="takeover"}"#),
+        Some(&1.0),
+        "the new worker counts a takeover: {taken:#?}"
     );
     assert!(
         !bot_posts(&fleet, &root)
