@@ -9,3 +9,4 @@ pub mod fake_model;
 pub mod faults;
 pub mod fleet;
 pub mod mmsim;
+pub mod nats_exporter;

@@ -1,6 +1,7 @@
 //! loadtest's integration tests: the simulator and the fake model, through their
 //! network interfaces only; and the deployment chart against the names and configuration
-//! the code uses (`helm_names`).
+//! the code uses (`helm_names`); the dashboards and alert rules against promtool and a real
+//! Prometheus scraping a running fleet (`observability`).
 
 mod bench;
 mod compose;
@@ -9,3 +10,4 @@ mod fake_model;
 mod faults;
 mod helm_names;
 mod mmsim;
+mod observability;

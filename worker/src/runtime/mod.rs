@@ -325,10 +325,12 @@ impl Runtime {
         }
     }
 
-    /// Registers the runtime's metrics (the warm pool's) with the worker's registry.
+    /// Registers the runtime's metrics (the warm pool's) with the worker's registry. A
+    /// runtime without a pool registers them at 0, so every worker has the same names.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        if let Runtime::Docker(rt) = self {
-            rt.pool_metrics().register(registry);
+        match self {
+            Runtime::Docker(rt) => rt.pool_metrics().register(registry),
+            _ => warm::PoolMetrics::default().register(registry),
         }
     }
 
