@@ -35,7 +35,6 @@ const TURN: Duration = Duration::from_secs(60);
 /// exists: then delete it here.
 const NOT_YET_RENDERED: &[&str] = &[];
 
-
 struct Tools {
     prometheus: PathBuf,
     promtool: PathBuf,
@@ -656,9 +655,9 @@ async fn prometheus_evaluates_every_dashboard_and_alert_query_against_a_running_
         }
     }
     let pending = |e: &Expr| {
-        metric_names(&e.promql).iter().any(|n| {
-            NOT_YET_RENDERED.contains(&n.as_str())
-        })
+        metric_names(&e.promql)
+            .iter()
+            .any(|n| NOT_YET_RENDERED.contains(&n.as_str()))
     };
     // Alert expressions filter: only their signals must return data.
     let must_have_data = |e: &Expr| {

@@ -61,7 +61,11 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
+    /// Registers the pool's metrics, each miss reason created at 0.
     pub fn register(&self, registry: &mut Registry) {
+        for reason in [Miss::Empty, Miss::Resume, Miss::Model] {
+            let _ = self.misses.get_or_create(&vec![("reason", reason.label())]);
+        }
         registry.register(
             "warm_pool_hits",
             "New sessions started from a warm container",

@@ -83,18 +83,16 @@ async fn a_turn_with_an_approval_shows_in_the_worker_and_gateway_metrics() {
     })
     .await;
 
-    // The checkpoint is stored after the answer is shown.
+    // The checkpoint is stored after the answer is shown, and the session is active
+    // until the turn's checkpoint and record are done.
     let after = eventually(TURN, "the turn counted and checkpointed", || async {
         let after = samples(&worker_metrics(&fleet, 0).await);
         (after.get("ccfleet_worker_checkpoint_bytes_count") == Some(&1.0)
-            && after.get(r#"ccfleet_worker_turns_total{outcome="completed"}"#) == Some(&1.0))
+            && after.get(r#"ccfleet_worker_turns_total{outcome="completed"}"#) == Some(&1.0)
+            && after.get(r#"ccfleet_worker_sessions{state="active"}"#) == Some(&0.0))
         .then_some(after)
     })
     .await;
-    assert_eq!(
-        value(&after, r#"ccfleet_worker_sessions{state="active"}"#),
-        0.0
-    );
     assert_eq!(
         value(&after, r#"ccfleet_worker_sessions{state="idle"}"#),
         1.0
