@@ -13,6 +13,7 @@ mod fleet;
 mod model_api;
 mod outage;
 mod retention;
+mod sandbox;
 pub mod support;
 mod traces;
 mod workspace_limit;
