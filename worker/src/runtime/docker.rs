@@ -271,10 +271,18 @@ async fn bind_egress(docker: &Docker, options: &DockerOptions) -> Result<Egress,
             .ipam
             .and_then(|ipam| ipam.config)
             .and_then(|configs| {
-                configs
-                    .into_iter()
-                    .filter_map(|c| c.gateway?.parse::<std::net::Ipv4Addr>().ok())
-                    .next()
+                // Docker leaves the gateway out for its default `bridge`: it is then the
+                // subnet's first address.
+                configs.into_iter().find_map(|c| {
+                    c.gateway
+                        .and_then(|g| g.parse::<std::net::Ipv4Addr>().ok())
+                        .or_else(|| {
+                            let subnet = c.subnet?;
+                            let base: std::net::Ipv4Addr =
+                                subnet.split_once('/')?.0.parse().ok()?;
+                            Some(std::net::Ipv4Addr::from(u32::from(base) + 1))
+                        })
+                })
             })
             .ok_or_else(|| Error::EgressAddress {
                 network: network.clone(),
