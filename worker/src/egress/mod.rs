@@ -140,6 +140,7 @@ impl Egress {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
             .build()
             .map_err(Error::Client)?;
         let upstream = if options.model_base_url.is_empty() {
@@ -219,6 +220,11 @@ impl Egress {
         let service = tower::service_fn(move |req: Request<Body>| {
             let (this, tracker, stop) = (this.clone(), tracker.clone(), stop.clone());
             async move { Ok::<_, Infallible>(this.handle(req, &tracker, &stop).await) }
+        });
+        // Without NODELAY, small writes (SSE events, request heads) wait for delayed ACKs:
+        // ~40 ms per model request.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
         });
         let served = axum::serve(
             listener,
@@ -404,6 +410,7 @@ impl Egress {
         drop(tunnels.spawn(async move {
             let tunnel = async {
                 let upstream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                upstream.set_nodelay(true)?;
                 let client = upgrade.await.map_err(std::io::Error::other)?;
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = upstream;
