@@ -76,6 +76,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub worker: WorkerConfig,
     pub model: ModelConfig,
+    pub egress: EgressConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -302,6 +303,61 @@ pub struct ModelConfig {
     pub max_retries: u32,
 }
 
+/// The worker's egress gateway: session containers' only way out (see `worker::egress`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Where the gateway listens. Empty: on the session network's gateway address (the
+    /// host's side of its bridge), port chosen by the system — a worker running on the
+    /// Docker host. A worker in a container attached to the session network: e.g.
+    /// `0.0.0.0:3128`.
+    pub listen: String,
+    /// How session containers reach the gateway, `host:port`. Empty: the address it
+    /// listens on (which then must not be unspecified).
+    pub advertise: String,
+    /// Hosts sessions may reach through the gateway besides the model API: `example.com`
+    /// (that host), `*.example.com` (its subdomains, not itself), each optionally with
+    /// `:port` (else any port). Every other host is refused.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// One entry of `egress.allowed_hosts`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// Lower case, no trailing dot.
+    pub host: String,
+    /// `*.host`: subdomains of `host`, not `host` itself.
+    pub subdomains: bool,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses `host`, `*.host`, optionally with `:port`. Hosts are DNS names or IPv4
+    /// addresses: letters, digits, `-` and `.`, case-insensitive.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port.parse::<u16>().ok().filter(|p| *p > 0)?)),
+            None => (text, None),
+        };
+        let (host, subdomains) = match host.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (host, false),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        (!host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)).then_some(Self {
+            host,
+            subdomains,
+            port,
+        })
+    }
+}
+
 /// Where configuration comes from, in increasing precedence after the defaults.
 #[derive(Debug, Default, Clone)]
 pub struct Sources {
@@ -350,6 +406,7 @@ impl Config {
                 .with_list_parse_key("worker.approvers")
                 .with_list_parse_key("worker.allowed_users")
                 .with_list_parse_key("worker.allowed_channels")
+                .with_list_parse_key("egress.allowed_hosts")
                 .source(Some(sources.env.clone().into_iter().collect())),
         );
         for (key, value) in &sources.overrides {
@@ -577,6 +634,39 @@ impl Config {
         }
         if self.worker.cpus <= 0.0 {
             return Err(Error::invalid("worker.cpus", "must be positive"));
+        }
+        for pattern in &self.egress.allowed_hosts {
+            if HostPattern::parse(pattern).is_none() {
+                return Err(Error::invalid(
+                    "egress.allowed_hosts",
+                    format!(
+                        "entries must be `host`, `*.host`, optionally with `:port`; got {pattern:?}"
+                    ),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("egress.listen", &self.egress.listen),
+            ("egress.advertise", &self.egress.advertise),
+        ] {
+            if !value.is_empty()
+                && value
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(Error::invalid(key, "must be empty or `host:port`"));
+            }
+        }
+        if self.worker.runtime == RuntimeKind::Docker
+            && matches!(
+                self.worker.network.as_str(),
+                "" | "none" | "bridge" | "host" | "default"
+            )
+        {
+            return Err(Error::invalid(
+                "worker.network",
+                "must name a network of its own for the docker runtime (the worker makes it internal: sessions reach out only through the egress gateway)",
+            ));
         }
         if !self.model.base_url.is_empty() && !self.model.base_url.starts_with("http") {
             return Err(Error::invalid(

@@ -127,6 +127,9 @@ pub fn find_claude_bin() -> Option<String> {
         .filter(|path| std::path::Path::new(path).exists())
 }
 
+/// The session network of local fleets with the docker runtime.
+pub const SESSION_NETWORK: &str = "ccfleet-local-sessions";
+
 /// The address containers reach the host on (the docker bridge's gateway).
 pub async fn docker_host_ip() -> Result<IpAddr, Error> {
     let docker = bollard::Docker::connect_with_local_defaults().map_err(Error::Docker)?;
@@ -226,7 +229,9 @@ impl LocalFleet {
             config.worker.claude_bin = bin;
         }
         if config.worker.runtime == RuntimeKind::Docker {
-            config.worker.network = "bridge".into();
+            // Internal (the worker creates it so): sessions reach out only through their
+            // worker's egress gateway, which listens on this network's gateway address.
+            config.worker.network = SESSION_NETWORK.into();
         }
 
         let gateway = gateway::Gateway::build(config.clone(), gateway::Options::default()).await?;

@@ -134,6 +134,7 @@ impl Worker {
         let runtime = Runtime::from_config(
             &config.worker,
             &config.model,
+            &config.egress,
             id.as_str(),
             &config.nats.prefix,
         )
@@ -231,6 +232,12 @@ impl Worker {
             let (ctx, stop) = (ctx.clone(), stop_intake.clone());
             background.spawn(async move { ctx.runtime.run_pool(stop).await });
         }
+        // The egress gateway serves until every session's turn has ended (after the drain).
+        let egress_stop = CancellationToken::new();
+        {
+            let (ctx, stop) = (ctx.clone(), egress_stop.clone());
+            background.spawn(async move { ctx.runtime.run_egress(stop).await });
+        }
         background.spawn(dispatch_loop(ctx.clone(), stop_intake.clone()));
         background.spawn(claim_loop(ctx.clone(), stop_intake.clone(), spawn_tx));
         background.spawn(janitor_loop(ctx.clone(), stop_intake.clone()));
@@ -309,6 +316,7 @@ impl Worker {
             tracing::warn!("grace period over; stopping the remaining sessions");
             actors.abort_all();
         }
+        egress_stop.cancel();
         while background.join_next().await.is_some() {}
         let _ = ctx.fabric.workers.delete(ctx.id.as_str()).await;
         tracing::info!("drained");

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod approvals;
 pub mod claim;
 pub mod ctx;
+pub mod egress;
 pub mod fleet;
 pub mod metrics;
 pub mod records;

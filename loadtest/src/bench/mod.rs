@@ -12,9 +12,11 @@
 //! * [`startup`]: the real CLI in docker: a new thread's first model request with the warm
 //!   pool off and on, against the bare CLI started directly.
 //! * [`scale`]: a worker's memory per idle session, and latency with many active ones.
+//! * [`egress`]: a model request through the worker's egress gateway against direct.
 //!
 //! Benchmarks are not pass/fail tests: nothing here asserts on speed.
 
+pub mod egress;
 pub mod ingest;
 pub mod latency;
 pub mod overhead;
@@ -56,6 +58,8 @@ pub enum Scenario {
     Startup(startup::Args),
     /// A worker's memory per idle session, and latency with many active sessions.
     Scale(scale::Args),
+    /// A model request through the worker's egress gateway against direct to the model.
+    Egress(egress::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,7 @@ pub async fn run(args: &BenchArgs) -> Result<Outcome, Error> {
         Scenario::Latency(a) => latency::run(a).await,
         Scenario::Startup(a) => startup::run(a).await,
         Scenario::Scale(a) => scale::run(a).await,
+        Scenario::Egress(a) => egress::run(a).await,
     }
 }
 

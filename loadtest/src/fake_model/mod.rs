@@ -24,7 +24,7 @@ mod server;
 
 use std::net::SocketAddr;
 
-pub use server::{FakeModel, RecordedRequest};
+pub use server::{FakeModel, RecordedRequest, fingerprint};
 
 /// Flags of `loadtest fake-model`.
 #[derive(Debug, clap::Args)]

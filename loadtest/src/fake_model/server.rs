@@ -28,6 +28,11 @@ pub struct RecordedRequest {
     pub path: String,
     /// Header names are lower case; `x-api-key` and `authorization` values are redacted.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// [`fingerprint`] of the credential the request carried (`x-api-key`, else the
+    /// `Authorization` value), so tests can check which key arrived without the fake
+    /// keeping it; empty without one.
+    #[serde(default)]
+    pub credential: String,
     /// The JSON body (`Value::Null` when it was not JSON).
     pub body: Value,
     /// The HTTP status the fake answered.
@@ -237,6 +242,14 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
+/// A short, one-way fingerprint of a credential (the first 16 hex digits of its SHA-256).
+/// `Authorization` values are fingerprinted whole (`Bearer …`).
+pub fn fingerprint(credential: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(credential.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 async fn messages(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -266,7 +279,13 @@ async fn messages(
         ),
         Ok(body) => answer(&shared, body),
     };
+    let credential = headers
+        .get("x-api-key")
+        .or_else(|| headers.get("authorization"))
+        .map(|v| fingerprint(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_default();
     let record = RecordedRequest {
+        credential,
         method: method.to_string(),
         path: uri
             .path_and_query()

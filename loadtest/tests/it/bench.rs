@@ -2,7 +2,7 @@
 //! print the promised figures. Benchmarks are not pass/fail on speed: nothing here checks
 //! how fast anything was.
 
-use loadtest::bench::{BenchArgs, Scenario, ingest, overhead, run, scale, startup};
+use loadtest::bench::{BenchArgs, Scenario, egress, ingest, overhead, run, scale, startup};
 use serde_json::Value;
 
 fn has_fields(figures: &Value, fields: &[&str]) {
@@ -143,4 +143,28 @@ async fn scale_reports_bytes_per_idle_session_and_active_latency() {
     assert!(f["worker_rss_before_bytes"].as_u64().unwrap() > 0, "{f}");
     assert_eq!(f["active_lost"], 0, "{f}");
     assert_eq!(f["active_duplicated"], 0, "{f}");
+}
+
+#[tokio::test]
+async fn egress_compares_the_gateway_with_direct_model_requests() {
+    let outcome = run(&BenchArgs {
+        scenario: Scenario::Egress(egress::Args { samples: 5 }),
+        report: None,
+    })
+    .await
+    .expect("the egress bench runs");
+    let f = &outcome.figures;
+    has_fields(
+        f,
+        &[
+            "direct_p50_ms",
+            "direct_p99_ms",
+            "gateway_p50_ms",
+            "gateway_p99_ms",
+            "added_p50_ms",
+        ],
+    );
+    assert_eq!(f["samples"], 5);
+    assert!(f["gateway_p50_ms"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(outcome.report.histograms.len(), 2);
 }

@@ -4,8 +4,15 @@
 //! The container runs the runner image (`deploy/runner/`): ENTRYPOINT the CLI, user
 //! 1000:1000, working directory `/session/workspace`, `CLAUDE_CONFIG_DIR=/session/claude`.
 //! Hardening: all capabilities dropped, no-new-privileges, read-only root filesystem with
-//! tmpfs `/tmp` and `$HOME`, memory (no swap), CPU and pids limits, the configured
-//! network, and `ccfleet.*` labels naming the worker and session.
+//! tmpfs `/tmp` and `$HOME`, memory (no swap), CPU and pids limits, and `ccfleet.*` labels
+//! naming the worker and session.
+//!
+//! Network: the session network (`worker.network`), which the worker creates *internal*
+//! (no route out of it). The only way out is the worker's egress gateway
+//! ([`crate::egress`]), listening on that network; the container's environment points
+//! `ANTHROPIC_BASE_URL` and `HTTP(S)_PROXY` at it with a per-session token. The model
+//! credential never enters the container: this runtime does not even hold it, the
+//! gateway adds it to model requests on their way out.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -22,10 +29,10 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
-use common::config::{ModelConfig, WorkerConfig};
+use common::config::{EgressConfig, ModelConfig, Secret, WorkerConfig};
 use futures::{Stream, StreamExt, TryStreamExt};
 use proto::ids::SessionId;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::warm::{Miss, PoolMetrics, WarmPool};
@@ -34,6 +41,7 @@ use super::{
     blocking, cli_args, cli_env,
 };
 use crate::agent::{Agent, AgentIo, AgentOptions, PermissionMode};
+use crate::egress::{Egress, EgressOptions};
 
 /// Where the session volume is mounted in the container.
 pub const SESSION_ROOT: &str = "/session";
@@ -51,14 +59,19 @@ pub const LABEL_POOL: &str = "ccfleet.pool";
 const POOL_PREFIX: &str = "pool-";
 /// The runner image's user.
 pub(crate) const AGENT_UID: u64 = 1000;
-/// Reads the API key from the first stdin line, then becomes the CLI.
-const KEY_FROM_STDIN: &str = "IFS= read -r key; if [ -n \"$key\" ]; then export ANTHROPIC_API_KEY=\"$key\"; fi; unset key; exec /usr/local/bin/claude \"$@\"";
+/// The runner image's CLI.
+const CLI: &str = "/usr/local/bin/claude";
 
 /// Settings of the docker runtime. `Debug` hides the API key.
+///
+/// `model.api_key` is left empty: containers get only their session token, and the
+/// egress gateway (`egress`) holds the credential.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
     pub image: String,
-    /// `none`, `bridge`, `host` or a named network.
+    /// A named network (created internal when missing; an existing one must be
+    /// internal), or a built-in one (`bridge`, for tests of the runtime alone: not
+    /// isolated, but model requests still go through the gateway).
     pub network: String,
     pub memory_mb: u64,
     pub cpus: f64,
@@ -75,16 +88,28 @@ pub struct DockerOptions {
     pub warm_pool: usize,
     /// The permission mode warm CLIs start with (new sessions' usual mode).
     pub pool_permission_mode: PermissionMode,
+    /// `egress.listen`: empty: the session network's gateway address, any port.
+    pub egress_listen: String,
+    /// `egress.advertise`: empty: the bound address (or, bound to all addresses, this
+    /// worker container's own address on the session network).
+    pub egress_advertise: String,
+    pub egress: EgressOptions,
 }
 
 impl DockerOptions {
     pub fn from_config(
         worker: &WorkerConfig,
         model: &ModelConfig,
+        egress: &EgressConfig,
         worker_id: &str,
         fleet: &str,
     ) -> Self {
+        let mut model_env: ModelEnv = model.into();
+        model_env.api_key = Secret::default();
         Self {
+            egress_listen: egress.listen.clone(),
+            egress_advertise: egress.advertise.clone(),
+            egress: EgressOptions::from_config(egress, model),
             fleet: fleet.to_owned(),
             image: worker.image.clone(),
             network: worker.network.clone(),
@@ -92,7 +117,7 @@ impl DockerOptions {
             cpus: worker.cpus,
             pids_limit: worker.pids_limit,
             worker_id: worker_id.to_owned(),
-            model: model.into(),
+            model: model_env,
             agent: AgentOptions::default(),
             tmp_size_mb: 512,
             warm_pool: worker.warm_pool,
@@ -108,6 +133,7 @@ pub struct DockerRuntime {
     docker: Docker,
     options: Arc<DockerOptions>,
     pool: Arc<WarmPool>,
+    egress: Egress,
 }
 
 /// The names of a session's container and volume.
@@ -133,12 +159,20 @@ fn is_builtin_network(name: &str) -> bool {
     matches!(name, "" | "none" | "bridge" | "host" | "default") || name.starts_with("container:")
 }
 
-/// Creates the named session network (a plain bridge, labelled with the fleet) when it
-/// does not exist, so a deployment only names it (`worker.network`); an operator may make
-/// it first with other options, and it is then used as it is. Two workers starting at once
+/// Creates the named session network (an internal bridge, labelled with the fleet) when
+/// it does not exist, so a deployment only names it (`worker.network`); an operator may
+/// make it first with other options, and it is then used as it is — if it is internal.
+/// `hide_host`: the host gets no address on it (`inhibit_ipv4`), so containers on it reach
+/// nothing of the host either; only for a worker that is itself a container on it (the
+/// egress gateway then listens on the worker's own address there). Two workers starting at once
 /// may both create it (the engine allows equal names): each creator then removes all but
 /// the one with the smallest id, so one remains.
-async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), Error> {
+async fn ensure_network(
+    docker: &Docker,
+    name: &str,
+    fleet: &str,
+    hide_host: bool,
+) -> Result<(), Error> {
     if is_builtin_network(name) {
         return Ok(());
     }
@@ -150,7 +184,12 @@ async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), 
         }
     };
     match docker.inspect_network(name, None).await {
-        Ok(_) => return Ok(()),
+        Ok(network) if network.internal == Some(true) => return Ok(()),
+        Ok(_) => {
+            return Err(Error::NetworkNotInternal {
+                network: name.to_owned(),
+            });
+        }
         Err(err) if is_not_found(&err) => {}
         Err(err) => return Err(failed("inspect_network")(err)),
     }
@@ -158,6 +197,14 @@ async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), 
         .create_network(bollard::models::NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
+            // No route out: the egress gateway is the only way out.
+            internal: Some(true),
+            options: hide_host.then(|| {
+                HashMap::from([(
+                    "com.docker.network.bridge.inhibit_ipv4".to_owned(),
+                    "true".to_owned(),
+                )])
+            }),
             labels: Some(HashMap::from([(LABEL_FLEET.to_owned(), fleet.to_owned())])),
             ..Default::default()
         })
@@ -194,6 +241,95 @@ async fn ensure_network(docker: &Docker, name: &str, fleet: &str) -> Result<(), 
     Ok(())
 }
 
+/// Binds the egress gateway where the session network's containers reach it: on the
+/// network's gateway address (the host's side of its bridge) unless `egress.listen` says
+/// otherwise. Bound to all addresses without `egress.advertise` (a worker in a container on
+/// the session network), containers are told this container's own address there.
+async fn bind_egress(docker: &Docker, options: &DockerOptions) -> Result<Egress, Error> {
+    let network = &options.network;
+    let failed = |op: &'static str| {
+        move |source| Error::Docker {
+            op,
+            session: format!("network {network}"),
+            source,
+        }
+    };
+    let listen: std::net::SocketAddr = if options.egress_listen.is_empty() {
+        // Workers creating the network together may briefly see two of that name.
+        let mut tries = 0;
+        let info = loop {
+            match docker.inspect_network(network, None).await {
+                Ok(info) => break info,
+                Err(_) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(failed("inspect_network")(err)),
+            }
+        };
+        let gateway = info
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .and_then(|configs| {
+                // Docker leaves the gateway out for its default `bridge`: it is then the
+                // subnet's first address.
+                configs.into_iter().find_map(|c| {
+                    c.gateway
+                        .and_then(|g| g.parse::<std::net::Ipv4Addr>().ok())
+                        .or_else(|| {
+                            let subnet = c.subnet?;
+                            let base: std::net::Ipv4Addr =
+                                subnet.split_once('/')?.0.parse().ok()?;
+                            Some(std::net::Ipv4Addr::from(u32::from(base) + 1))
+                        })
+                })
+            })
+            .ok_or_else(|| Error::EgressAddress {
+                network: network.clone(),
+                reason: "the network has no IPv4 gateway address; set egress.listen".into(),
+            })?;
+        (gateway, 0).into()
+    } else {
+        options
+            .egress_listen
+            .parse()
+            .map_err(|_| Error::EgressAddress {
+                network: network.clone(),
+                reason: format!("egress.listen {:?} is not ip:port", options.egress_listen),
+            })?
+    };
+    let advertise = if !options.egress_advertise.is_empty() {
+        Some(options.egress_advertise.clone())
+    } else if listen.ip().is_unspecified() {
+        let me = crate::fleet::hostname();
+        let info = docker
+            .inspect_container(&me, None)
+            .await
+            .map_err(failed("inspect_container"))?;
+        let ip = info
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|n| n.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| Error::EgressAddress {
+                network: network.clone(),
+                reason: format!(
+                    "egress.listen is {listen} but this worker (container {me}) is not on the session network; attach it or set egress.advertise"
+                ),
+            })?;
+        Some(format!("{ip}:{}", listen.port()))
+    } else {
+        None
+    };
+    Egress::bind(listen, advertise, options.egress.clone())
+        .await
+        .map_err(|source| Error::Egress {
+            network: network.clone(),
+            source,
+        })
+}
+
 fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -221,12 +357,25 @@ impl DockerRuntime {
             }
             Err(err) => return Err(Error::DockerUnavailable(err)),
         }
-        ensure_network(&docker, &options.network, &options.fleet).await?;
+        ensure_network(
+            &docker,
+            &options.network,
+            &options.fleet,
+            !options.egress_listen.is_empty(),
+        )
+        .await?;
+        let egress = bind_egress(&docker, &options).await?;
         Ok(Self {
             pool: Arc::new(WarmPool::new(options.warm_pool)),
             docker,
             options: Arc::new(options),
+            egress,
         })
+    }
+
+    /// The egress gateway of this runtime's sessions.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     /// The warm pool's hits, misses and fill state.
@@ -278,28 +427,19 @@ impl DockerRuntime {
         labels
     }
 
-    fn container_body(&self, spec: &SessionSpec, volume: &str) -> ContainerCreateBody {
+    /// `token`: the session's egress token, the only credential the container gets.
+    fn container_body(&self, spec: &SessionSpec, volume: &str, token: &str) -> ContainerCreateBody {
         let o = &self.options;
         let config_dir = format!("{SESSION_ROOT}/{}", archive::CLAUDE_STATE);
-        let mut env: Vec<String> = cli_env(&o.model, &config_dir)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut env = cli_env(&o.model, &config_dir);
+        env.extend(self.egress.container_env(token));
+        let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push("HOME=/home/agent".to_owned());
         let memory = (o.memory_mb * 1024 * 1024) as i64;
-        // The API key is not in the container's configuration (visible to `docker inspect`
-        // and logged by the Docker client at debug level): the first stdin line carries it
-        // and bash puts it into the CLI's environment only.
-        let mut cmd = vec![
-            "-c".to_owned(),
-            KEY_FROM_STDIN.to_owned(),
-            "claude".to_owned(),
-        ];
-        cmd.extend(cli_args(spec, &o.model));
         ContainerCreateBody {
             image: Some(o.image.clone()),
-            entrypoint: Some(vec!["/bin/bash".to_owned()]),
-            cmd: Some(cmd),
+            entrypoint: Some(vec![CLI.to_owned()]),
+            cmd: Some(cli_args(spec, &o.model)),
             env: Some(env),
             user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
             working_dir: Some(format!("{SESSION_ROOT}/{}", archive::WORKSPACE)),
@@ -476,6 +616,7 @@ impl DockerRuntime {
         if let Err(err) = self.docker.rename_container(&pool_name, rename).await {
             return Err((docker_error("rename_container", id)(err), Some(session)));
         }
+        self.egress.rename(&pool_id, id);
         session.id = id.clone();
         session.files = SessionFiles {
             session: id.clone(),
@@ -514,14 +655,21 @@ impl DockerRuntime {
         self.remove_container(&name, &id).await?;
         let volume = self.ensure_volume(&id, spec.restore.is_some()).await?;
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        self.docker
-            .create_container(Some(options), self.container_body(&spec, &volume))
+        let token = self.egress.issue(&id);
+        let created = self
+            .docker
+            .create_container(Some(options), self.container_body(&spec, &volume, &token))
             .await
-            .map_err(docker_error("create_container", &id))?;
-        let started = self.attach_and_start(&spec, &name).await;
+            .map_err(docker_error("create_container", &id));
+        drop(token);
+        let started = match created {
+            Ok(_) => self.attach_and_start(&spec, &name).await,
+            Err(err) => Err(err),
+        };
         match started {
             Ok(session) => Ok(session),
             Err(err) => {
+                self.egress.revoke(&id);
                 if let Err(cleanup) = self.remove_container(&name, &id).await {
                     tracing::warn!(
                         error = &cleanup as &dyn std::error::Error,
@@ -576,18 +724,7 @@ impl DockerRuntime {
             .start_container(name, None)
             .await
             .map_err(docker_error("start_container", id))?;
-        let mut stdin = attached.input;
-        let mut key_line = self.options.model.api_key.expose().replace('\n', "");
-        key_line.push('\n');
-        let handed_over = async {
-            stdin.write_all(key_line.as_bytes()).await?;
-            stdin.flush().await
-        };
-        handed_over.await.map_err(|source| Error::Io {
-            session: id.to_string(),
-            source,
-        })?;
-        drop(key_line);
+        let stdin = attached.input;
         let agent = Agent::new(
             AgentIo {
                 stdin: Box::pin(AttachedStdin(stdin)),
@@ -922,6 +1059,7 @@ impl ContainerLife {
             }) => {}
             Err(err) => return Err(docker_error("stop_container", id)(err)),
         }
+        self.runtime.egress.revoke(id);
         self.runtime.remove_container(&self.container, id).await?;
         self.remove_pool_volume(id).await
     }
@@ -954,6 +1092,7 @@ impl ContainerLife {
             }) => {}
             Err(err) => return Err(docker_error("kill_container", id)(err)),
         }
+        self.runtime.egress.revoke(id);
         self.runtime.remove_container(&self.container, id).await?;
         self.remove_pool_volume(id).await
     }

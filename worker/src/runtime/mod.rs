@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use common::config::{ModelConfig, RuntimeKind, Secret, WorkerConfig};
+use common::config::{EgressConfig, ModelConfig, RuntimeKind, Secret, WorkerConfig};
 use proto::ids::SessionId;
 
 use crate::agent::{self, Agent, AgentHandle, PermissionMode};
@@ -49,6 +49,18 @@ pub enum Error {
     DockerUnavailable(#[source] bollard::errors::Error),
     #[error("runner image {image} is missing: run deploy/runner/build")]
     ImageMissing { image: String },
+    #[error(
+        "session network {network} is not internal: sessions would have a route out past the egress gateway (remove it, and the worker recreates it internal)"
+    )]
+    NetworkNotInternal { network: String },
+    #[error("the egress gateway's address on session network {network}: {reason}")]
+    EgressAddress { network: String, reason: String },
+    #[error("the egress gateway for session network {network} did not start")]
+    Egress {
+        network: String,
+        #[source]
+        source: crate::egress::Error,
+    },
     #[error("Docker call `{op}` failed for session {session}")]
     Docker {
         op: &'static str,
@@ -112,12 +124,15 @@ impl Error {
             | Error::Docker { .. }
             | Error::Spawn { .. }
             | Error::Io { .. }
-            | Error::Join(_) => true,
+            | Error::Join(_)
+            | Error::Egress { .. } => true,
             Error::Initialize { source, .. } => source.is_retryable(),
             Error::Restore { source, .. } => !source.is_unrestorable(),
-            Error::ImageMissing { .. } | Error::Archive { .. } | Error::BadSessionId { .. } => {
-                false
-            }
+            Error::ImageMissing { .. }
+            | Error::Archive { .. }
+            | Error::BadSessionId { .. }
+            | Error::NetworkNotInternal { .. }
+            | Error::EgressAddress { .. } => false,
         }
     }
 
@@ -283,13 +298,16 @@ impl Runtime {
     pub async fn from_config(
         worker: &WorkerConfig,
         model: &ModelConfig,
+        egress: &EgressConfig,
         worker_id: &str,
         fleet: &str,
     ) -> Result<Self, Error> {
         Ok(match worker.runtime {
             RuntimeKind::Docker => Runtime::Docker(
-                DockerRuntime::connect(DockerOptions::from_config(worker, model, worker_id, fleet))
-                    .await?,
+                DockerRuntime::connect(DockerOptions::from_config(
+                    worker, model, egress, worker_id, fleet,
+                ))
+                .await?,
             ),
             RuntimeKind::Process => Runtime::Process(ProcessRuntime::new(
                 ProcessOptions::from_config(worker, model),
@@ -314,6 +332,19 @@ impl Runtime {
             Runtime::Docker(rt) => rt.start(spec).await,
             Runtime::Process(rt) => rt.start(spec).await,
             Runtime::Sim(rt) => rt.start(spec).await,
+        }
+    }
+
+    /// Serves the docker runtime's egress gateway until `shutdown`; returns at once for
+    /// other runtimes (their sessions are not sandboxed).
+    pub async fn run_egress(&self, shutdown: tokio_util::sync::CancellationToken) {
+        if let Runtime::Docker(rt) = self
+            && let Err(err) = rt.egress().run(shutdown).await
+        {
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "the egress gateway stopped"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! worker's integration tests.
 
 mod agent;
+mod egress;
 mod layout;
 mod runtime;

@@ -14,6 +14,7 @@ mod metrics;
 mod model_api;
 mod outage;
 mod retention;
+mod sandbox;
 pub mod support;
 mod traces;
 mod workspace_limit;

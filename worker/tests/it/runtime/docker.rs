@@ -28,10 +28,15 @@ async fn session_container_is_hardened() {
         .inspect_container(&container, None::<InspectContainerOptions>)
         .await
         .unwrap();
-    // The API key reached the CLI (the turn above succeeded) but not the container's
-    // configuration.
+    // The turn above went through the runtime's egress gateway, which added the API key:
+    // the container has only its session token, the key reached the fake model.
     let inspected = serde_json::to_string(&info).unwrap();
     assert!(!inspected.contains("sk-ant-test-fake"), "{inspected}");
+    assert!(inspected.contains("ccfleet-session-"), "{inspected}");
+    assert_eq!(
+        h.last_request().credential,
+        loadtest::fake_model::fingerprint("sk-ant-test-fake")
+    );
     let config = info.config.unwrap();
     let host = info.host_config.unwrap();
     assert_eq!(config.user.as_deref(), Some("1000:1000"));

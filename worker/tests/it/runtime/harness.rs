@@ -178,11 +178,23 @@ impl Harness {
             tmp_size_mb: 256,
             warm_pool,
             pool_permission_mode: worker::agent::PermissionMode::Default,
+            egress_listen: String::new(),
+            egress_advertise: String::new(),
+            egress: worker::egress::EgressOptions {
+                model_base_url: fake.base_url(),
+                credential: worker::egress::Credential::ApiKey(Secret::new("sk-ant-test-fake")),
+                allowed_hosts: Vec::new(),
+            },
         };
         let runtime = match DockerRuntime::connect(options.clone()).await {
             Ok(rt) => Runtime::Docker(rt),
             Err(err) => panic!("{err} (run deploy/runner/build)"),
         };
+        // Model requests go through the runtime's egress gateway, served until the
+        // harness is dropped.
+        let serving = runtime.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move { serving.run_egress(stop).await });
         Self {
             fake,
             runtime,
