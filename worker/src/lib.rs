@@ -11,6 +11,8 @@ pub mod approvals;
 pub mod claim;
 pub mod ctx;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod records;
 pub mod render;
