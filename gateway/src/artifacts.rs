@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use common::signing::LinkClaims;
+use common::signing::{LinkClaims, Signer};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
@@ -28,14 +28,18 @@ pub fn thread_root(thread: &str) -> String {
 }
 
 fn claims(state: &AppState, token: &str) -> Result<LinkClaims, Error> {
-    state
-        .signer
-        .verify::<LinkClaims>(token, common::now_ms() / 1000)
+    verify_link(&state.signer, token, common::now_ms() / 1000)
+}
+
+/// A link's claims, if `signer` signed them and they are unexpired at `now_s`.
+pub(crate) fn verify_link(signer: &Signer, token: &str, now_s: u64) -> Result<LinkClaims, Error> {
+    signer
+        .verify::<LinkClaims>(token, now_s)
         .map_err(|_| Error::Forbidden("this link is invalid or has expired"))
 }
 
 /// Rejects traversal and odd segments. `path` is already percent-decoded.
-fn clean(path: &str) -> Result<String, Error> {
+pub(crate) fn clean(path: &str) -> Result<String, Error> {
     let mut parts = Vec::new();
     for segment in path.split('/') {
         match segment {
@@ -50,13 +54,18 @@ fn clean(path: &str) -> Result<String, Error> {
     Ok(parts.join("/"))
 }
 
-fn scope(claims: &LinkClaims) -> String {
+pub(crate) fn scope(claims: &LinkClaims) -> String {
     let prefix = claims.prefix.trim_matches('/');
     if prefix.is_empty() {
         thread_root(&claims.thread)
     } else {
         format!("{}/{prefix}", thread_root(&claims.thread))
     }
+}
+
+/// The object a link's `relative` path (already [`clean`]) names.
+pub(crate) fn object_key(claims: &LinkClaims, relative: &str) -> String {
+    format!("{}/{relative}", scope(claims))
 }
 
 pub async fn get_file(
@@ -68,7 +77,7 @@ pub async fn get_file(
     if relative.is_empty() || path.ends_with('/') {
         return listing(&state, &token, &claims, &relative).await;
     }
-    let key = ObjectPath::from(format!("{}/{relative}", scope(&claims)));
+    let key = ObjectPath::from(object_key(&claims, &relative));
     let object = match state.store.objects().get(&key).await {
         Ok(object) => object,
         Err(object_store::Error::NotFound { .. }) => return Err(Error::NotFound),

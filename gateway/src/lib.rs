@@ -16,6 +16,8 @@ pub mod artifacts;
 pub mod ctl;
 pub mod egress;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingress;
 pub mod mattermost;
 pub mod metrics;

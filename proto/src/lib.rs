@@ -15,6 +15,8 @@
 pub mod commands;
 pub mod control;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod kv;
 pub mod names;

@@ -12,6 +12,8 @@ pub mod claim;
 pub mod ctx;
 pub mod egress;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod records;
 pub mod render;

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use common::signing::ActionClaims;
+use common::signing::{ActionClaims, Signer};
 use proto::commands;
 use proto::v1::{
     ButtonAction, DialogSubmission, EventBody, MessagePosted, SlashCommand, Source, User,
@@ -19,14 +19,17 @@ use super::{channel_type, token_matches};
 use crate::AppState;
 use crate::error::Error;
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Error> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Error> {
     if is_json(headers) {
         serde_json::from_slice(body)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
@@ -80,22 +83,50 @@ fn webhook_failure() -> Response {
 #[derive(Debug, Deserialize)]
 pub struct WebhookRequest {
     #[serde(default)]
-    token: String,
+    pub(crate) token: String,
     #[serde(default)]
-    channel_id: String,
+    pub(crate) channel_id: String,
     #[serde(default)]
-    user_id: String,
+    pub(crate) user_id: String,
     #[serde(default)]
-    user_name: String,
+    pub(crate) user_name: String,
     #[serde(default)]
-    post_id: String,
+    pub(crate) post_id: String,
     #[serde(default)]
-    text: String,
+    pub(crate) text: String,
     #[serde(default)]
-    file_ids: String,
+    pub(crate) file_ids: String,
     /// JSON: milliseconds; form: seconds.
     #[serde(default)]
-    timestamp: Value,
+    pub(crate) timestamp: Value,
+}
+
+impl WebhookRequest {
+    /// When the post was made, in milliseconds: a JSON body says milliseconds, a form
+    /// seconds. Anything unreadable (or out of range) is 0.
+    pub(crate) fn create_at_ms(&self, json: bool) -> i64 {
+        let seconds = |s: i64| s.checked_mul(1000).unwrap_or(0);
+        match &self.timestamp {
+            Value::Number(n) if json => n.as_i64().unwrap_or(0),
+            Value::Number(n) => n.as_i64().map_or(0, seconds),
+            Value::String(s) => s.parse::<i64>().map_or(0, seconds),
+            _ => 0,
+        }
+    }
+
+    /// The attached files (`file_ids` is comma-separated).
+    pub(crate) fn file_ids(&self) -> Vec<proto::FileId> {
+        self.file_ids
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(proto::FileId::from)
+            .collect()
+    }
+
+    /// Whether the request names what an event needs.
+    pub(crate) fn is_complete(&self) -> bool {
+        !(self.post_id.is_empty() || self.channel_id.is_empty() || self.user_id.is_empty())
+    }
 }
 
 #[tracing::instrument(
@@ -121,7 +152,7 @@ pub async fn outgoing_webhook(
     ) {
         return Err(Error::Unauthorized);
     }
-    if request.post_id.is_empty() || request.channel_id.is_empty() || request.user_id.is_empty() {
+    if !request.is_complete() {
         return Err(Error::BadRequest(
             "post_id, channel_id and user_id are required".into(),
         ));
@@ -129,12 +160,8 @@ pub async fn outgoing_webhook(
     if request.user_id == state.bot.id {
         return Ok(Json(json!({})).into_response());
     }
-    let create_at_ms = match &request.timestamp {
-        Value::Number(n) if is_json(&headers) => n.as_i64().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0) * 1000,
-        Value::String(s) => s.parse::<i64>().map(|s| s * 1000).unwrap_or(0),
-        _ => 0,
-    };
+    let create_at_ms = request.create_at_ms(is_json(&headers));
+    let file_ids = request.file_ids();
     let post_id = PostId::new(request.post_id);
     // Outgoing webhooks do not say whether the post is a reply: Mattermost does. The same
     // post may also come over the WebSocket, with the same dedupe id: both must name the
@@ -160,12 +187,7 @@ pub async fn outgoing_webhook(
             post_id,
             root_id: root,
             text: request.text,
-            file_ids: request
-                .file_ids
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(proto::FileId::from)
-                .collect(),
+            file_ids,
             mentions_bot: true,
             channel_type: channel_type("O"),
             source: Source::OutgoingWebhook,
@@ -194,25 +216,60 @@ pub async fn outgoing_webhook(
 #[derive(Debug, Deserialize)]
 pub struct SlashRequest {
     #[serde(default)]
-    token: String,
+    pub(crate) token: String,
     #[serde(default)]
-    team_id: String,
+    pub(crate) team_id: String,
     #[serde(default)]
-    channel_id: String,
+    pub(crate) channel_id: String,
     #[serde(default)]
-    user_id: String,
+    pub(crate) user_id: String,
     #[serde(default)]
-    user_name: String,
+    pub(crate) user_name: String,
     #[serde(default)]
-    command: String,
+    pub(crate) command: String,
     #[serde(default)]
-    text: String,
+    pub(crate) text: String,
     #[serde(default)]
-    trigger_id: String,
+    pub(crate) trigger_id: String,
     #[serde(default)]
-    root_id: String,
+    pub(crate) root_id: String,
     #[serde(default)]
-    response_url: String,
+    pub(crate) response_url: String,
+}
+
+/// What a slash command asks for, decided before anything is sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SlashPlan<'a> {
+    /// No text, or `help`: the help text, to the user only.
+    Help,
+    /// A verb that only makes sense inside a session's thread, run outside one.
+    NeedsThread { word: &'a str },
+    /// Publish `text` (trimmed) to the thread: the one it was run in, or a new one.
+    Send {
+        text: &'a str,
+        verb: Option<&'static commands::Verb>,
+        in_thread: bool,
+    },
+}
+
+impl SlashRequest {
+    pub(crate) fn plan(&self) -> SlashPlan<'_> {
+        let text = self.text.trim();
+        let word = text.split_whitespace().next().unwrap_or("");
+        let verb = commands::verb(word);
+        if word.is_empty() || verb.is_some_and(|v| v.action == commands::Action::Help) {
+            return SlashPlan::Help;
+        }
+        let in_thread = !self.root_id.is_empty();
+        if verb.is_some_and(|v| v.in_thread) && !in_thread {
+            return SlashPlan::NeedsThread { word };
+        }
+        SlashPlan::Send {
+            text,
+            verb,
+            in_thread,
+        }
+    }
 }
 
 fn ephemeral(text: impl Into<String>) -> Response {
@@ -244,18 +301,19 @@ pub async fn slash_command(
     if !token_matches(presented, state.config.mattermost.slash_token.expose()) {
         return Err(Error::Unauthorized);
     }
-    let text = request.text.trim();
-    let word = text.split_whitespace().next().unwrap_or("");
-    let verb = commands::verb(word);
-    if word.is_empty() || verb.is_some_and(|v| v.action == commands::Action::Help) {
-        return Ok(ephemeral(commands::help()));
-    }
-    let in_thread = !request.root_id.is_empty();
-    if verb.is_some_and(|v| v.in_thread) && !in_thread {
-        return Ok(ephemeral(format!(
-            "`/claude {word}` works inside a session's thread: open the thread and run it there."
-        )));
-    }
+    let (text, verb, in_thread) = match request.plan() {
+        SlashPlan::Help => return Ok(ephemeral(commands::help())),
+        SlashPlan::NeedsThread { word } => {
+            return Ok(ephemeral(format!(
+                "`/claude {word}` works inside a session's thread: open the thread and run it there."
+            )));
+        }
+        SlashPlan::Send {
+            text,
+            verb,
+            in_thread,
+        } => (text.to_owned(), verb, in_thread),
+    };
     let thread = if in_thread {
         ThreadId::new(request.root_id.clone())
     } else {
@@ -280,7 +338,7 @@ pub async fn slash_command(
         received_at_ms: common::now_ms(),
         body: EventBody::SlashCommand(SlashCommand {
             command: request.command,
-            text: text.to_owned(),
+            text,
             trigger_id: request.trigger_id,
             team_id: request.team_id,
             root_id: Some(PostId::new(thread.to_string())),
@@ -308,17 +366,36 @@ pub async fn slash_command(
 #[derive(Debug, Deserialize)]
 pub struct ActionRequest {
     #[serde(default)]
-    user_id: String,
+    pub(crate) user_id: String,
     #[serde(default)]
-    user_name: String,
+    pub(crate) user_name: String,
     #[serde(default)]
-    channel_id: String,
+    pub(crate) channel_id: String,
     #[serde(default)]
-    post_id: String,
+    pub(crate) post_id: String,
     #[serde(default)]
-    trigger_id: String,
+    pub(crate) trigger_id: String,
     #[serde(default)]
-    context: Value,
+    pub(crate) context: Value,
+}
+
+impl ActionRequest {
+    /// The button's signed context: valid, unexpired at `now_s`, and for the channel the
+    /// click came from.
+    pub(crate) fn claims(&self, signer: &Signer, now_s: u64) -> Result<ActionClaims, Error> {
+        let token = self
+            .context
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let claims: ActionClaims = signer
+            .verify(token, now_s)
+            .map_err(|_| Error::Forbidden("this button is no longer valid"))?;
+        if claims.channel != self.channel_id {
+            return Err(Error::Forbidden("this button belongs to another channel"));
+        }
+        Ok(claims)
+    }
 }
 
 #[tracing::instrument(
@@ -336,18 +413,7 @@ pub async fn action(
     State(state): State<AppState>,
     Json(request): Json<ActionRequest>,
 ) -> Result<Response, Error> {
-    let token = request
-        .context
-        .get("token")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let claims: ActionClaims = state
-        .signer
-        .verify(token, common::now_ms() / 1000)
-        .map_err(|_| Error::Forbidden("this button is no longer valid"))?;
-    if claims.channel != request.channel_id {
-        return Err(Error::Forbidden("this button belongs to another channel"));
-    }
+    let claims = request.claims(&state.signer, common::now_ms() / 1000)?;
     let trigger = if request.trigger_id.is_empty() {
         format!("{}:{}", request.user_id, common::now_ms())
     } else {
@@ -380,17 +446,31 @@ pub async fn action(
 #[derive(Debug, Deserialize)]
 pub struct DialogRequest {
     #[serde(default)]
-    callback_id: String,
+    pub(crate) callback_id: String,
     #[serde(default)]
-    state: String,
+    pub(crate) state: String,
     #[serde(default)]
-    user_id: String,
+    pub(crate) user_id: String,
     #[serde(default)]
-    channel_id: String,
+    pub(crate) channel_id: String,
     #[serde(default)]
-    submission: Value,
+    pub(crate) submission: Value,
     #[serde(default)]
-    cancelled: bool,
+    pub(crate) cancelled: bool,
+}
+
+impl DialogRequest {
+    /// The dialog's signed state, valid and unexpired at `now_s`.
+    pub(crate) fn claims(&self, signer: &Signer, now_s: u64) -> Result<ActionClaims, Error> {
+        signer
+            .verify(&self.state, now_s)
+            .map_err(|_| Error::Forbidden("this dialog is no longer valid"))
+    }
+
+    /// The submitted values as JSON text, as the worker reads them.
+    pub(crate) fn submission_json(&self) -> String {
+        self.submission.to_string()
+    }
 }
 
 #[tracing::instrument(
@@ -408,10 +488,7 @@ pub async fn dialog(
     State(state): State<AppState>,
     Json(request): Json<DialogRequest>,
 ) -> Result<Response, Error> {
-    let claims: ActionClaims = state
-        .signer
-        .verify(&request.state, common::now_ms() / 1000)
-        .map_err(|_| Error::Forbidden("this dialog is no longer valid"))?;
+    let claims = request.claims(&state.signer, common::now_ms() / 1000)?;
     let event = ChatEvent {
         event_id: format!(
             "dialog:{}:{}:{}",
@@ -427,9 +504,9 @@ pub async fn dialog(
         },
         received_at_ms: common::now_ms(),
         body: EventBody::DialogSubmission(DialogSubmission {
+            submission_json: request.submission_json(),
             callback_id: request.callback_id,
             state: claims.data,
-            submission_json: request.submission.to_string(),
             cancelled: request.cancelled,
         }),
     };
@@ -439,4 +516,47 @@ pub async fn dialog(
         .await
         .map_err(Error::Publish)?;
     Ok(Json(json!({})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn webhook(content_type: &'static str, body: &str) -> WebhookRequest {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        decode(&headers, body.as_bytes()).unwrap()
+    }
+
+    /// Found while writing the `http_webhook` fuzz harness: a form's seconds times 1000 overflowed
+    /// (a panic in debug builds, a wrapped time in release).
+    #[test]
+    fn a_timestamp_out_of_range_is_zero_not_a_panic() {
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(
+            webhook(form, "timestamp=9223372036854775").create_at_ms(false),
+            9_223_372_036_854_775_000
+        );
+        assert_eq!(
+            webhook(form, "timestamp=9223372036854776").create_at_ms(false),
+            0
+        );
+        let json = "application/json";
+        let string = r#"{"timestamp":"-9223372036854775808"}"#;
+        assert_eq!(webhook(json, string).create_at_ms(true), 0);
+        let number = r#"{"timestamp":9223372036854775807}"#;
+        assert_eq!(webhook(json, number).create_at_ms(true), i64::MAX);
+        assert_eq!(webhook(json, number).create_at_ms(false), 0);
+    }
+
+    #[test]
+    fn file_ids_are_comma_separated_and_never_empty() {
+        let request = webhook("application/json", r#"{"file_ids":",a,,b,"}"#);
+        assert_eq!(
+            request.file_ids(),
+            vec![proto::FileId::from("a"), proto::FileId::from("b")]
+        );
+    }
 }

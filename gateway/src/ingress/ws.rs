@@ -57,14 +57,75 @@ pub struct Listener {
 }
 
 #[derive(Debug, Deserialize)]
-struct Envelope {
+pub(crate) struct Envelope {
     #[serde(default)]
-    event: String,
+    pub(crate) event: String,
     #[serde(default)]
-    data: Value,
+    pub(crate) data: Value,
     #[serde(default)]
-    broadcast: Value,
-    seq: Option<u64>,
+    pub(crate) broadcast: Value,
+    pub(crate) seq: Option<u64>,
+}
+
+impl Envelope {
+    /// One text frame; `None` if it is not an event envelope.
+    pub(crate) fn read(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// A `hello`'s connection id (to resume with).
+    pub(crate) fn connection_id(&self) -> &str {
+        self.data["connection_id"].as_str().unwrap_or_default()
+    }
+
+    /// The sequence number to resume after this event.
+    pub(crate) fn next_seq(&self) -> Option<u64> {
+        self.seq.map(|seq| seq.saturating_add(1))
+    }
+
+    /// The channel a broadcast went to.
+    pub(crate) fn channel_id(&self) -> &str {
+        self.broadcast["channel_id"].as_str().unwrap_or_default()
+    }
+
+    /// A `posted` event's post (a JSON string inside the data) and what the event says
+    /// about it; `None` without a readable post.
+    pub(crate) fn posted(&self, bot_id: &str) -> Option<Posted<'_>> {
+        let post = self.data["post"]
+            .as_str()
+            .and_then(|p| serde_json::from_str::<WirePost>(p).ok())?;
+        let mentions: Vec<String> = self.data["mentions"]
+            .as_str()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
+        Some(Posted {
+            post,
+            mentions_bot: mentions.iter().any(|m| m == bot_id),
+            kind: self.data["channel_type"].as_str().unwrap_or("O"),
+            username: self.data["sender_name"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('@')
+                .to_owned(),
+        })
+    }
+
+    /// A reaction event's reaction (a JSON string inside the data).
+    pub(crate) fn reaction(&self) -> Option<WireReaction> {
+        self.data["reaction"]
+            .as_str()
+            .and_then(|r| serde_json::from_str::<WireReaction>(r).ok())
+    }
+}
+
+/// What a `posted` event carries.
+#[derive(Debug)]
+pub(crate) struct Posted<'a> {
+    pub(crate) post: WirePost,
+    pub(crate) mentions_bot: bool,
+    /// The channel type code (`O`, `P`, `D`, `G`).
+    pub(crate) kind: &'a str,
+    pub(crate) username: String,
 }
 
 /// Where a connection stands, kept across reconnects.
@@ -78,31 +139,38 @@ struct Cursor {
 }
 
 #[derive(Debug, Deserialize)]
-struct WirePost {
-    id: String,
+pub(crate) struct WirePost {
+    pub(crate) id: String,
     #[serde(default)]
-    channel_id: String,
+    pub(crate) channel_id: String,
     #[serde(default)]
-    root_id: String,
+    pub(crate) root_id: String,
     #[serde(default)]
-    user_id: String,
+    pub(crate) user_id: String,
     #[serde(default)]
-    message: String,
+    pub(crate) message: String,
     #[serde(default)]
-    create_at: i64,
+    pub(crate) create_at: i64,
     #[serde(default)]
-    file_ids: Vec<String>,
+    pub(crate) file_ids: Vec<String>,
     #[serde(default, rename = "type")]
-    kind: String,
+    pub(crate) kind: String,
+}
+
+impl WirePost {
+    /// Neither the bot's own post nor one of Mattermost's (`system_*`).
+    pub(crate) fn is_from_a_person(&self, bot_id: &str) -> bool {
+        self.user_id != bot_id && !self.kind.starts_with("system_")
+    }
 }
 
 #[derive(Debug, Deserialize)]
-struct WireReaction {
-    user_id: String,
-    post_id: String,
-    emoji_name: String,
+pub(crate) struct WireReaction {
+    pub(crate) user_id: String,
+    pub(crate) post_id: String,
+    pub(crate) emoji_name: String,
     #[serde(default)]
-    create_at: i64,
+    pub(crate) create_at: i64,
 }
 
 impl Listener {
@@ -201,7 +269,7 @@ impl Listener {
                 }
                 Some(Err(err)) => return Err(Error::Connect(err)),
             };
-            let Ok(envelope) = serde_json::from_str::<Envelope>(&text) else {
+            let Some(envelope) = Envelope::read(&text) else {
                 continue;
             };
             if envelope.event.is_empty() {
@@ -215,11 +283,7 @@ impl Listener {
                 {
                     return Ok(());
                 }
-                let connection_id = envelope.data["connection_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                cursor.resume = Some((connection_id, 1));
+                cursor.resume = Some((envelope.connection_id().to_owned(), 1));
                 cursor.consumed_ms = Some(received);
                 continue;
             }
@@ -241,8 +305,9 @@ impl Listener {
             if handled.is_none() {
                 return Ok(());
             }
-            if let (Some(seq), Some((_, next))) = (envelope.seq, cursor.resume.as_mut()) {
-                *next = seq + 1;
+            if let (Some(next_seq), Some((_, next))) = (envelope.next_seq(), cursor.resume.as_mut())
+            {
+                *next = next_seq;
             }
             cursor.consumed_ms = Some(received);
         }
@@ -386,23 +451,15 @@ impl Listener {
     }
 
     async fn posted(&self, envelope: &Envelope) -> Result<Option<ChatEvent>, PublishError> {
-        let Some(post) = envelope.data["post"]
-            .as_str()
-            .and_then(|p| serde_json::from_str::<WirePost>(p).ok())
-        else {
+        let Some(posted) = envelope.posted(&self.bot_id) else {
             return Ok(None);
         };
-        let mentions: Vec<String> = envelope.data["mentions"]
-            .as_str()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .unwrap_or_default();
-        let mentions_bot = mentions.contains(&self.bot_id);
-        let kind = envelope.data["channel_type"].as_str().unwrap_or("O");
-        let username = envelope.data["sender_name"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches('@')
-            .to_owned();
+        let Posted {
+            post,
+            mentions_bot,
+            kind,
+            username,
+        } = posted;
         self.message(post, mentions_bot, kind, username).await
     }
 
@@ -435,7 +492,7 @@ impl Listener {
         kind: &str,
         username: String,
     ) -> Result<Option<ChatEvent>, PublishError> {
-        if post.user_id == self.bot_id || post.kind.starts_with("system_") {
+        if !post.is_from_a_person(&self.bot_id) {
             return Ok(None);
         }
         let direct = kind == "D";
@@ -499,10 +556,7 @@ impl Listener {
     }
 
     async fn reaction(&self, envelope: &Envelope) -> Result<Option<ChatEvent>, PublishError> {
-        let Some(reaction) = envelope.data["reaction"]
-            .as_str()
-            .and_then(|r| serde_json::from_str::<WireReaction>(r).ok())
-        else {
+        let Some(reaction) = envelope.reaction() else {
             return Ok(None);
         };
         if reaction.user_id == self.bot_id {
@@ -517,9 +571,7 @@ impl Listener {
         };
         let added = envelope.event == "reaction_added";
         let username = self.username(&reaction.user_id).await;
-        let channel = envelope.broadcast["channel_id"]
-            .as_str()
-            .unwrap_or_default();
+        let channel = envelope.channel_id();
         Ok(Some(ChatEvent {
             event_id: format!(
                 "reaction:{}:{}:{}:{}:{}",
@@ -600,6 +652,20 @@ fn ingress_span(event: &str, source: &'static str) -> tracing::Span {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Found while writing the `ws_envelope` fuzz harness: `seq + 1` overflowed on the largest
+    /// sequence number (a panic in debug builds; resuming from 0 in release).
+    #[test]
+    fn the_resume_sequence_saturates() {
+        let last = Envelope::read(r#"{"event":"typing","seq":18446744073709551615}"#).unwrap();
+        assert_eq!(last.next_seq(), Some(u64::MAX));
+        let one = Envelope::read(r#"{"event":"typing","seq":1}"#).unwrap();
+        assert_eq!(one.next_seq(), Some(2));
+        assert_eq!(
+            Envelope::read(r#"{"event":"hello"}"#).unwrap().next_seq(),
+            None
+        );
+    }
 
     fn post(id: &str, create_at: i64, user: &str) -> Post {
         Post {

@@ -455,7 +455,7 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
