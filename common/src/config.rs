@@ -415,13 +415,23 @@ impl Config {
                 .map_err(Error::Load)?;
         }
         let raw = builder.build().map_err(Error::Load)?;
-        let config: Config = raw.try_deserialize().map_err(|e| match e {
+        let mut config: Config = raw.try_deserialize().map_err(|e| match e {
             ::config::ConfigError::Type { ref key, .. } => Error::Invalid {
                 key: key.clone().unwrap_or_default(),
                 reason: e.to_string(),
             },
             other => Error::Load(other),
         })?;
+        // A list set from an empty variable (`KEY=`, as Compose writes `${VAR:-}`) is
+        // empty, not one empty entry; so are blank entries of `a,,b`.
+        for list in [
+            &mut config.worker.approvers,
+            &mut config.worker.allowed_users,
+            &mut config.worker.allowed_channels,
+            &mut config.egress.allowed_hosts,
+        ] {
+            list.retain(|entry| !entry.trim().is_empty());
+        }
         config.validate()?;
         Ok(config)
     }

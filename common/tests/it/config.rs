@@ -83,6 +83,20 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
 }
 
 #[test]
+fn a_list_from_an_empty_variable_is_empty() {
+    let config = load(
+        &[
+            ("CCFLEET__EGRESS__ALLOWED_HOSTS", ""),
+            ("CCFLEET__WORKER__APPROVERS", "alice,,bob"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(config.egress.allowed_hosts.is_empty());
+    assert_eq!(config.worker.approvers, ["alice", "bob"]);
+}
+
+#[test]
 fn a_bad_value_is_reported_with_its_key() {
     let err = load(&[], &[("worker.max_sessions", "0")]).unwrap_err();
     assert!(err.to_string().contains("worker.max_sessions"), "{err}");
