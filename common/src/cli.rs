@@ -93,10 +93,12 @@ pub fn probe_status(url: &str, timeout: std::time::Duration) -> std::io::Result<
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
+    // One write: `write!` on a socket may send the request in pieces, and a server that
+    // answers after the first piece and closes would reset the connection under the rest.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ccfleet-probe\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     // The status line fits in the first read of any sane server; read up to its end.
     let mut head = Vec::with_capacity(128);
     let mut buf = [0u8; 128];
@@ -131,8 +133,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf);
+            // Like any HTTP server: the whole request head, then the answer.
+            let (mut head, mut buf) = (Vec::new(), [0u8; 512]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = write!(s, "{status_line}\r\ncontent-length: 2\r\n\r\nok");
         });
         format!("http://{addr}/readyz")

@@ -33,7 +33,7 @@ pub struct Ctx {
     /// Which background loops are down now (served at `/readyz`).
     pub health: std::sync::Arc<Health>,
     /// What the worker counts (served at `/metrics`).
-    pub stats: crate::metrics::Stats,
+    pub stats: crate::stats::Stats,
 }
 
 /// The worker's background loops that are down (each restarts itself with backoff): the

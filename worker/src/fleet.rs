@@ -112,14 +112,7 @@ pub fn worker_id(
     ))))
 }
 
-/// This machine's hostname (`worker` when it cannot be read).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into())
-}
+pub use crate::runtime::hostname;
 
 impl Worker {
     pub async fn build(config: Config) -> Result<Self, Error> {
@@ -163,7 +156,7 @@ impl Worker {
             records: Records::new(pool),
             slot_freed: Notify::new(),
             evict_idle: Notify::new(),
-            stats: crate::metrics::Stats::with_model(&config.model.model),
+            stats: crate::stats::Stats::with_model(&config.model.model),
             config,
             id,
             fabric,

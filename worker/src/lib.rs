@@ -20,6 +20,7 @@ pub mod render;
 pub mod replies;
 pub mod runtime;
 pub mod session;
+pub mod stats;
 pub mod transcript;
 
 pub use fleet::Worker;

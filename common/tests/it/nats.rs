@@ -180,13 +180,27 @@ async fn the_claim_consumer_exists_before_any_worker_and_counts_the_queue() {
             .await
             .unwrap();
     }
-    let mut consumer = fabric
+    let consumer = fabric
         .queue
         .get_consumer::<jetstream::consumer::pull::Config>(&names.claim_consumer())
         .await
         .expect("ensure_fabric creates the claim consumer");
-    let info = consumer.info().await.unwrap();
-    assert_eq!(info.num_pending + info.num_ack_pending as u64, 3);
+    // The server counts a consumer's pending messages just after it stores them (CI saw
+    // 0 right after the publish acks): what an autoscaler polls settles at once.
+    let lag = common::testsupport::eventually(
+        std::time::Duration::from_secs(5),
+        "the claim consumer counts the queue",
+        || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await.ok()?;
+                let lag = info.num_pending + info.num_ack_pending as u64;
+                (lag == 3).then_some(lag)
+            }
+        },
+    )
+    .await;
+    assert_eq!(lag, 3);
     // A worker opening it with its own (shared) configuration gets the same consumer.
     let reopened = fabric
         .queue

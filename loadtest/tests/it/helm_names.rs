@@ -31,11 +31,7 @@ fn helm() -> Option<PathBuf> {
         "no helm at {} (set CCFLEET_HELM, or run deploy/helm/check --tools)",
         path.display()
     );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must check the chart: {reason}"
-    );
-    eprintln!("skipped: {reason}");
+    crate::e2e::support::skip_unless_ci("check the chart", &reason);
     None
 }
 

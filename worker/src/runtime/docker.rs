@@ -301,7 +301,7 @@ async fn bind_egress(docker: &Docker, options: &DockerOptions) -> Result<Egress,
     let advertise = if !options.egress_advertise.is_empty() {
         Some(options.egress_advertise.clone())
     } else if listen.ip().is_unspecified() {
-        let me = crate::fleet::hostname();
+        let me = super::hostname();
         let info = docker
             .inspect_container(&me, None)
             .await

@@ -42,6 +42,16 @@ pub use docker::{
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use sim::SimRuntime;
 
+/// This machine's hostname (`worker` when it cannot be read): the default worker id's
+/// stem, and in a container its id (how the docker runtime finds its own container).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
 /// Errors of the runtimes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

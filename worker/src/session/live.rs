@@ -42,9 +42,9 @@ impl State {
                 .or_else(|| row.status.strip_prefix("orphaned:").map(str::to_owned))
         });
         ctx.stats.claimed(match (&existing, &previous) {
-            (None, _) => crate::metrics::Claim::New,
-            (Some(_), None) => crate::metrics::Claim::Resume,
-            (Some(_), Some(_)) => crate::metrics::Claim::Takeover,
+            (None, _) => crate::stats::Claim::New,
+            (Some(_), None) => crate::stats::Claim::Resume,
+            (Some(_), Some(_)) => crate::stats::Claim::Takeover,
         });
         let row = match existing {
             Some(row) => row,

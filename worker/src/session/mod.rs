@@ -111,7 +111,7 @@ struct Turn {
     /// Whether the thread has shown any of the answer yet.
     shown: bool,
     /// Counts the session as active while the turn lives.
-    _active: crate::metrics::Active,
+    _active: crate::stats::Active,
 }
 
 /// An approval the turn waits for.

@@ -21,8 +21,8 @@ use tracing::Instrument as _;
 
 use super::*;
 use crate::agent::{Event, TurnResult};
-use crate::metrics::TurnOutcome;
 use crate::render::{self, Status};
+use crate::stats::TurnOutcome;
 use crate::transcript::{Change, Transcript};
 
 impl State {
@@ -268,7 +268,7 @@ impl State {
             waits: std::collections::HashMap::new(),
             model: self.ctx.config.model.model.clone(),
             shown: false,
-            _active: crate::metrics::Active::new(&self.ctx.stats.active),
+            _active: crate::stats::Active::new(&self.ctx.stats.active),
         });
         self.set_status(Status::Working).await;
     }

@@ -190,3 +190,13 @@ pub async fn react_when_known(fleet: &LocalFleet, post: &Post, emoji: &str) {
     .await;
     fleet.demo().react(&post.id, emoji).await.unwrap();
 }
+
+/// A test whose tool this machine lacks (`reason`) skips, except under `CI=true`, where
+/// it must run: `what` it must check is then the failure.
+pub fn skip_unless_ci(what: &str, reason: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must {what}: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+}
