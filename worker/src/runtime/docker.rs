@@ -166,7 +166,7 @@ fn is_builtin_network(name: &str) -> bool {
 /// nothing of the host either; only for a worker that is itself a container on it (the
 /// egress gateway then listens on the worker's own address there). Two workers starting at once
 /// may both create it (the engine allows equal names): each creator then removes all but
-/// the one with the smallest id, so one remains.
+/// the oldest (see [`created_key`]), so one remains, the one bound to first.
 async fn ensure_network(
     docker: &Docker,
     name: &str,
@@ -212,33 +212,50 @@ async fn ensure_network(
         .map_err(failed("create_network"))?;
     tracing::info!(network = name, id = %created.id, "created the session network");
     // Workers starting together may each have made one (the engine allows equal names).
-    // Each creator keeps only the one with the smallest id: the last creator sees all of
-    // them, so they converge on one whoever lists first. A network already in use is not
+    // Each creator keeps only the oldest: the last creator sees all of them, so they
+    // converge on the first one, which an earlier creator may already listen on. A network already in use is not
     // removed (the engine refuses), nor waited for.
     for _ in 0..10 {
         let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
         let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
             .filters(&filters)
             .build();
-        let mut same: Vec<String> = docker
+        let mut same: Vec<(String, String)> = docker
             .list_networks(Some(options))
             .await
             .map_err(failed("list_networks"))?
             .into_iter()
             // The filter matches parts of names.
             .filter(|n| n.name.as_deref() == Some(name))
-            .filter_map(|n| n.id)
+            .filter_map(|n| Some((created_key(n.created.as_deref()), n.id?)))
             .collect();
         if same.len() <= 1 {
             break;
         }
         same.sort();
-        for extra in &same[1..] {
+        for (_, extra) in &same[1..] {
             let _ = docker.remove_network(extra).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// A sort key for a network's creation time (RFC 3339 as Docker writes it, its fraction
+/// of a second without trailing zeros): the fraction padded to nine digits, so earlier
+/// sorts first. The oldest network of a name is the one kept: a worker that created one
+/// and already listens on its gateway address never loses it to a later creator (keeping
+/// the smallest id instead removed it under a worker that had bound to it).
+fn created_key(created: Option<&str>) -> String {
+    let Some(created) = created else {
+        return "~".to_owned();
+    };
+    let (seconds, rest) = created
+        .split_once('.')
+        .unwrap_or((created.trim_end_matches('Z'), "Z"));
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let zone = &rest[digits.len()..];
+    format!("{seconds}.{digits:0<9}{zone}")
 }
 
 /// Binds the egress gateway where the session network's containers reach it: on the
@@ -1099,5 +1116,21 @@ impl ContainerLife {
 
     pub(crate) fn clone_for_removal(&self) -> DockerRuntime {
         self.runtime.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::created_key;
+
+    #[test]
+    fn the_older_network_sorts_first_whatever_digits_docker_trims() {
+        // Go's RFC 3339 drops trailing zeros: .6 is .600000000, later than .59999.
+        let a = created_key(Some("2026-12-03T14:49:00.59999Z"));
+        let b = created_key(Some("2026-12-03T14:49:00.6Z"));
+        let c = created_key(Some("2026-12-03T14:49:00.600000001Z"));
+        let d = created_key(Some("2026-12-03T14:49:01Z"));
+        assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
+        assert!(d < created_key(None), "an unknown time is kept last");
     }
 }
