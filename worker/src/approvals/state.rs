@@ -106,7 +106,8 @@ pub struct BudgetAsked {
     pub what: String,
     pub spent: f64,
     pub limit: f64,
-    /// What "continue" adds to the budget.
+    /// What "continue" allows from now on: the budget is raised to what was spent plus
+    /// this (so a budget overshot by requests in flight still gets the whole amount).
     pub top_up: f64,
     /// The prompt whose turn is held.
     pub event_id: String,
@@ -703,6 +704,8 @@ impl Approvals {
             "spent": asked.spent,
             "limit": asked.limit,
             "top_up": asked.top_up,
+            // What is recorded on "continue": up to what was spent, then the top-up.
+            "amount": (asked.spent - asked.limit).max(0.0) + asked.top_up,
         });
         let (text, buttons) = prompt(Kind::Budget, "", &input, 0);
         let row = ApprovalRow {
@@ -939,6 +942,10 @@ impl Approvals {
         if kind == Kind::Budget {
             let input = input_of(row);
             let top_up = input.get("top_up").and_then(Value::as_f64).unwrap_or(0.0);
+            let amount = input
+                .get("amount")
+                .and_then(Value::as_f64)
+                .unwrap_or(top_up);
             let shown = format!("{top_up:.2}");
             let (status, verdict) = match choice {
                 Choice::BudgetContinue => {
@@ -952,7 +959,7 @@ impl Approvals {
             let decide = Effect::Decide {
                 approval: row.approval_id.clone(),
                 status,
-                answer: serde_json::json!({ "top_up": if choice == Choice::BudgetContinue { top_up } else { 0.0 } }).to_string(),
+                answer: serde_json::json!({ "top_up": if choice == Choice::BudgetContinue { amount } else { 0.0 } }).to_string(),
                 user_id: user.id.clone(),
                 username: user.name.clone(),
                 via,
@@ -964,7 +971,7 @@ impl Approvals {
                 Then::Budget {
                     choice,
                     budget: row.tool_name.clone(),
-                    top_up,
+                    top_up: amount,
                     by: user.name.clone(),
                     text,
                     post,
@@ -1397,6 +1404,8 @@ impl Approvals {
                 )
             }
             Withdrawal::TurnEnded { event_id, open } => {
+                // Nothing is held once the turn is over; its budget prompt goes below.
+                self.budget = None;
                 let mut effects = Vec::new();
                 let mut gone = HashSet::new();
                 for (approval, p) in std::mem::take(&mut self.pending) {

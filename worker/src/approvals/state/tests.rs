@@ -507,6 +507,135 @@ fn a_refused_host_is_asked_once_and_allowed_for_the_session() {
     assert!(w.refused("api.example.com").is_empty());
 }
 
+fn held_at_budget(w: &mut World, spent: f64) -> Vec<Effect> {
+    let approval = w.id("a");
+    let effects = w.core.budget(BudgetAsked {
+        approval,
+        session_id: SESSION.into(),
+        budget: "user_day".into(),
+        what: "@alice's daily budget".into(),
+        spent,
+        limit: 1.0,
+        top_up: 1.0,
+        event_id: w.turn_event(),
+        now_ms: w.now_ms,
+    });
+    w.run(effects)
+}
+
+#[test]
+fn a_used_up_budget_is_asked_once_and_continue_raises_it_from_what_was_spent() {
+    let mut w = World::new();
+    let effects = held_at_budget(&mut w, 1.25);
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [
+                Effect::Status(Status::WaitingForApproval),
+                Effect::Insert(_),
+                Effect::Post { .. }
+            ]
+        ),
+        "{effects:?}"
+    );
+    let (text, buttons) = w.posts.values().next().unwrap().clone();
+    assert!(text.contains("@alice's daily budget is used up"), "{text}");
+    assert!(text.contains("$1.2500 spent of $1.0000"), "{text}");
+    let ids: Vec<_> = buttons
+        .unwrap()
+        .buttons
+        .iter()
+        .map(|b| b.id.clone())
+        .collect();
+    assert_eq!(ids, ["budgetcontinue", "budgetstop"]);
+    // More held requests while it waits: one prompt.
+    assert!(held_at_budget(&mut w, 1.5).is_empty());
+    let row = w
+        .rows
+        .values()
+        .find(|r| r.kind == "budget")
+        .unwrap()
+        .clone();
+    let refused = w.answer(
+        "e1",
+        &row.approval_id,
+        bob(),
+        Via::Button("budgetcontinue".into()),
+        Some(0),
+    );
+    assert!(matches!(
+        refused[0],
+        Effect::Audit(Attempt {
+            outcome: Outcome::Refused,
+            ..
+        })
+    ));
+    assert!(w.releases.is_empty());
+    let effects = w.answer(
+        "e2",
+        &row.approval_id,
+        carol(),
+        Via::Reaction("+1".into()),
+        Some(0),
+    );
+    let released: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Release {
+                top_up, go_on, by, ..
+            } => Some((*top_up, *go_on, by.clone())),
+            _ => None,
+        })
+        .collect();
+    // Overshot by 0.25 when asked: continuing allows a whole top-up from there.
+    assert_eq!(released, [(1.25, true, "carol".to_owned())]);
+    assert!(
+        w.posts
+            .get(&(row.post_ref as u32))
+            .unwrap()
+            .0
+            .contains("**Continued** by @carol")
+    );
+
+    // Used up again: asked again; stopped this time.
+    held_at_budget(&mut w, 2.5);
+    let row = w
+        .rows
+        .values()
+        .filter(|r| r.kind == "budget")
+        .last()
+        .unwrap()
+        .clone();
+    w.answer(
+        "e3",
+        &row.approval_id,
+        alice(),
+        Via::Button("budgetstop".into()),
+        Some(0),
+    );
+    assert_eq!(w.releases, [true, false]);
+    assert_eq!(w.rows[&row.approval_id].status, "denied");
+}
+
+#[test]
+fn the_end_of_a_turn_withdraws_its_budget_prompt() {
+    let mut w = World::new();
+    held_at_budget(&mut w, 1.0);
+    w.end_turn();
+    let row = w
+        .rows
+        .values()
+        .find(|r| r.kind == "budget")
+        .unwrap()
+        .clone();
+    assert_eq!(row.status, "cancelled");
+    assert_eq!(
+        held_at_budget(&mut w, 1.0).len(),
+        3,
+        "the next turn's hold asks again"
+    );
+}
+
 #[test]
 fn allowed_once_asks_again_next_time_and_denied_never_does() {
     let mut w = World::new();
