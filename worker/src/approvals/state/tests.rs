@@ -602,8 +602,7 @@ fn a_used_up_budget_is_asked_once_and_continue_raises_it_from_what_was_spent() {
     let row = w
         .rows
         .values()
-        .filter(|r| r.kind == "budget")
-        .last()
+        .rfind(|r| r.kind == "budget")
         .unwrap()
         .clone();
     w.answer(
