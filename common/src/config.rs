@@ -77,6 +77,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub model: ModelConfig,
     pub egress: EgressConfig,
+    /// The team's repositories sessions can start from and push back to.
+    #[serde(default)]
+    pub repositories: Vec<RepositoryConfig>,
     #[serde(default)]
     pub budgets: BudgetsConfig,
 }
@@ -340,6 +343,170 @@ pub struct EgressConfig {
     /// asked whether to allow it.
     #[serde(default)]
     pub channel_allowed_hosts: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Which API a repository's reviews go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoProvider {
+    /// GitLab (gitlab.com or self-managed): merge requests through the REST API v4.
+    Gitlab,
+    /// GitHub (github.com or Enterprise Server): pull requests through the REST API.
+    Github,
+    /// Plain git: the branch is pushed, nothing is opened.
+    Git,
+}
+
+/// One `[[repositories]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// What users call it: `repo:NAME`, `/claude repo NAME`. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The https (or http) clone URL, without credentials.
+    pub url: String,
+    pub provider: RepoProvider,
+    /// The provider's API base URL; empty: derived from `url` (`https://HOST/api/v4` for
+    /// GitLab; `https://api.github.com` for github.com, `https://HOST/api/v3` for GitHub
+    /// Enterprise).
+    #[serde(default)]
+    pub api_url: String,
+    /// The token: git's password over HTTPS and the API's credential. Required for
+    /// `gitlab` and `github`; empty for a plain-git repository anyone may push to.
+    #[serde(default)]
+    pub token: Secret,
+    /// The user name git sends with the token; empty: `oauth2` (GitLab), `x-access-token`
+    /// (GitHub), `git` (plain git).
+    #[serde(default)]
+    pub username: String,
+    /// The branch merge requests target and sessions start from; empty: the remote's.
+    #[serde(default)]
+    pub default_branch: String,
+    /// Channel ids where this repository is the default for new sessions.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Commits fetched when cloning; 0: the whole history.
+    #[serde(default = "default_clone_depth")]
+    pub clone_depth: u32,
+    /// A changed file larger than this is not pushed (the thread is told); 0: no limit.
+    #[serde(default = "default_max_push_file_bytes")]
+    pub max_push_file_bytes: u64,
+}
+
+fn default_clone_depth() -> u32 {
+    1
+}
+
+fn default_max_push_file_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+
+impl RepositoryConfig {
+    /// The project's path on its forge (`group/sub/web`): the clone URL's path without
+    /// `.git`.
+    pub fn project_path(&self) -> String {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        let path = path.trim_end_matches('/');
+        path.strip_suffix(".git").unwrap_or(path).to_owned()
+    }
+
+    /// `scheme://host[:port]` of the clone URL.
+    fn origin(&self) -> &str {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("https", &self.url));
+        let host_len = rest.find('/').unwrap_or(rest.len());
+        &self.url[..scheme.len() + 3 + host_len]
+    }
+
+    /// The API base URL, without a trailing slash; empty for plain git.
+    pub fn api_base(&self) -> String {
+        if !self.api_url.is_empty() {
+            return self.api_url.trim_end_matches('/').to_owned();
+        }
+        match self.provider {
+            RepoProvider::Gitlab => format!("{}/api/v4", self.origin()),
+            RepoProvider::Github if self.origin() == "https://github.com" => {
+                "https://api.github.com".to_owned()
+            }
+            RepoProvider::Github => format!("{}/api/v3", self.origin()),
+            RepoProvider::Git => String::new(),
+        }
+    }
+
+    /// The user name sent with the token over HTTPS.
+    pub fn git_username(&self) -> &str {
+        match (self.username.as_str(), self.provider) {
+            ("", RepoProvider::Gitlab) => "oauth2",
+            ("", RepoProvider::Github) => "x-access-token",
+            ("", RepoProvider::Git) => "git",
+            (name, _) => name,
+        }
+    }
+
+    fn validate(&self, key: &str) -> Result<(), Error> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(Error::invalid(
+                &format!("{key}.name"),
+                "must be 1-64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return Err(Error::invalid(
+                &format!("{key}.url"),
+                "must be an http(s) clone URL",
+            ));
+        };
+        if !matches!(scheme, "https" | "http") {
+            return Err(Error::invalid(
+                &format!("{key}.url"),
+                "must be an http(s) clone URL (the token is given over HTTPS)",
+            ));
+        }
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(Error::invalid(
+                &format!("{key}.url"),
+                "must not hold credentials: put the token in `token`",
+            ));
+        }
+        if authority.is_empty() || self.project_path().is_empty() {
+            return Err(Error::invalid(
+                &format!("{key}.url"),
+                "must name a host and a repository path",
+            ));
+        }
+        if !self.api_url.is_empty() && !self.api_url.starts_with("http") {
+            return Err(Error::invalid(
+                &format!("{key}.api_url"),
+                "must be an http(s) URL or empty",
+            ));
+        }
+        if self.provider != RepoProvider::Git && self.token.is_empty() {
+            return Err(Error::invalid(
+                &format!("{key}.token"),
+                "is required for gitlab and github (a token with the narrowest scope that pushes and opens reviews)",
+            ));
+        }
+        if self.default_branch.starts_with('-')
+            || self.default_branch.contains("..")
+            || self.default_branch.contains(char::is_whitespace)
+        {
+            return Err(Error::invalid(
+                &format!("{key}.default_branch"),
+                "must be a branch name or empty",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One entry of `egress.allowed_hosts`, parsed.
@@ -722,6 +889,25 @@ impl Config {
                 "worker.network",
                 "must name a network of its own for the docker runtime (the worker makes it internal: sessions reach out only through the egress gateway)",
             ));
+        }
+        for (i, repo) in self.repositories.iter().enumerate() {
+            let key = format!("repositories[{i}]");
+            repo.validate(&key)?;
+            let earlier = &self.repositories[..i];
+            if earlier.iter().any(|other| other.name == repo.name) {
+                return Err(Error::invalid(
+                    &format!("{key}.name"),
+                    "is used by another repository",
+                ));
+            }
+            for channel in &repo.channels {
+                if earlier.iter().any(|other| other.channels.contains(channel)) {
+                    return Err(Error::invalid(
+                        &format!("{key}.channels"),
+                        format!("channel {channel} already has a default repository"),
+                    ));
+                }
+            }
         }
         if !self.model.base_url.is_empty() && !self.model.base_url.starts_with("http") {
             return Err(Error::invalid(

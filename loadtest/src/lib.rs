@@ -8,5 +8,6 @@ pub mod doubles;
 pub mod fake_model;
 pub mod faults;
 pub mod fleet;
+pub mod forge;
 pub mod mmsim;
 pub mod nats_exporter;

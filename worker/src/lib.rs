@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod records;
 pub mod render;
 pub mod replies;
+pub mod repo;
 pub mod runtime;
 pub mod session;
 pub mod stats;

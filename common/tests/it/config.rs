@@ -209,3 +209,117 @@ fn admin_tokens_need_a_name_a_long_secret_and_no_twin() {
     assert!(err.contains("gateway.admin_tokens[1].token"), "{err}");
     assert_eq!(format!("{:?}", token("ops", &long).token), "***");
 }
+
+fn load_file(text: &str) -> Result<Config, Error> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("ccfleet-config-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let loaded = Config::load(&Sources {
+        file: Some(path.clone()),
+        env: HashMap::new(),
+        overrides: vec![],
+    });
+    std::fs::remove_file(&path).unwrap();
+    loaded
+}
+
+const REPOS: &str = r#"
+[[repositories]]
+name = "web"
+url = "https://gitlab.example.com/team/sub/web.git"
+provider = "gitlab"
+token = "glpat-secret"
+channels = ["chan1"]
+
+[[repositories]]
+name = "api"
+url = "https://github.com/acme/api"
+provider = "github"
+token = "ghp-secret"
+default_branch = "develop"
+clone_depth = 0
+
+[[repositories]]
+name = "ghe"
+url = "https://ghe.example.com/acme/tool.git"
+provider = "github"
+token = "t"
+
+[[repositories]]
+name = "plain"
+url = "http://127.0.0.1:9418/x.git"
+provider = "git"
+"#;
+
+#[test]
+fn repositories_are_read_with_their_defaults_and_derived_urls() {
+    use common::config::RepoProvider;
+    let config = load_file(REPOS).unwrap();
+    let r = &config.repositories;
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0].provider, RepoProvider::Gitlab);
+    assert_eq!(r[0].project_path(), "team/sub/web");
+    assert_eq!(r[0].api_base(), "https://gitlab.example.com/api/v4");
+    assert_eq!(r[0].git_username(), "oauth2");
+    assert_eq!(r[0].clone_depth, 1);
+    assert_eq!(r[0].max_push_file_bytes, 10 * 1024 * 1024);
+    assert_eq!(r[0].channels, ["chan1"]);
+    assert_eq!(format!("{:?}", r[0].token), "***");
+    assert_eq!(r[1].api_base(), "https://api.github.com");
+    assert_eq!(r[1].project_path(), "acme/api");
+    assert_eq!(r[1].git_username(), "x-access-token");
+    assert_eq!(r[1].default_branch, "develop");
+    assert_eq!(r[1].clone_depth, 0);
+    assert_eq!(r[2].api_base(), "https://ghe.example.com/api/v3");
+    assert_eq!(r[3].api_base(), "");
+    assert!(r[3].token.is_empty());
+    assert!(load(&[], &[]).unwrap().repositories.is_empty());
+}
+
+#[test]
+fn a_bad_repository_is_reported_with_its_key() {
+    let entry = |extra: &str| {
+        format!("[[repositories]]\nname = \"web\"\nprovider = \"gitlab\"\ntoken = \"t\"\n{extra}\n")
+    };
+    for (text, key) in [
+        (
+            entry("url = \"https://oauth2:glpat@gitlab.example.com/team/web.git\""),
+            "repositories[0].url",
+        ),
+        (entry("url = \"ssh://git@host/team/web.git\""), "repositories[0].url"),
+        (entry("url = \"https://host\""), "repositories[0].url"),
+        (
+            "[[repositories]]\nname = \"web\"\nprovider = \"github\"\nurl = \"https://github.com/a/b\"\n"
+                .to_owned(),
+            "repositories[0].token",
+        ),
+        (
+            entry("url = \"https://h/a/b\"").replace("\"web\"", "\"x y\""),
+            "repositories[0].name",
+        ),
+        (
+            format!(
+                "{}{}",
+                entry("url = \"https://h/a/b\""),
+                entry("url = \"https://h/a/c\"")
+            ),
+            "repositories[1].name",
+        ),
+        (
+            format!(
+                "{}{}",
+                entry("url = \"https://h/a/b\"\nchannels = [\"c\"]"),
+                entry("url = \"https://h/a/c\"\nchannels = [\"c\"]").replace("\"web\"", "\"web2\"")
+            ),
+            "repositories[1].channels",
+        ),
+        (
+            entry("url = \"https://h/a/b\"\ndefault_branch = \"--force\""),
+            "repositories[0].default_branch",
+        ),
+    ] {
+        let err = load_file(&text).unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}\n{text}");
+    }
+}

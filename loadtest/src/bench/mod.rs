@@ -13,6 +13,7 @@
 //!   pool off and on, against the bare CLI started directly.
 //! * [`scale`]: a worker's memory per idle session, and latency with many active ones.
 //! * [`egress`]: a model request through the worker's egress gateway against direct.
+//! * [`repo`]: clone and push time of a 10,000-file repository (real git server).
 //!
 //! Benchmarks are not pass/fail tests: nothing here asserts on speed.
 
@@ -20,6 +21,7 @@ pub mod egress;
 pub mod ingest;
 pub mod latency;
 pub mod overhead;
+pub mod repo;
 pub mod report;
 pub mod scale;
 pub mod startup;
@@ -60,6 +62,9 @@ pub enum Scenario {
     Scale(scale::Args),
     /// A model request through the worker's egress gateway against direct to the model.
     Egress(egress::Args),
+    /// Clone and push time of a large repository (10,000 files by default) through the
+    /// worker's repository code against a real git server.
+    Repo(repo::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +137,7 @@ pub async fn run(args: &BenchArgs) -> Result<Outcome, Error> {
         Scenario::Startup(a) => startup::run(a).await,
         Scenario::Scale(a) => scale::run(a).await,
         Scenario::Egress(a) => egress::run(a).await,
+        Scenario::Repo(a) => repo::run(a).await,
     }
 }
 

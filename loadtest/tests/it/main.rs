@@ -8,6 +8,7 @@ mod compose;
 mod e2e;
 mod fake_model;
 mod faults;
+mod forge;
 mod fuzz_corpus;
 mod helm_names;
 mod mmsim;

@@ -3,4 +3,5 @@
 mod agent;
 mod egress;
 mod layout;
+mod repo;
 mod runtime;
