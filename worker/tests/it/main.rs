@@ -4,3 +4,4 @@ mod agent;
 mod egress;
 mod layout;
 mod runtime;
+mod start;
