@@ -255,7 +255,10 @@ async fn send_stop(
         .unwrap_or_default();
     let event = ChatEvent {
         event_id: format!("admin-stop:{}", uuid::Uuid::new_v4()),
-        thread: ThreadId::new(session.thread_id.clone()),
+        // From the record, which took them from checked events; checked again because
+        // they name the events subject.
+        thread: ThreadId::parse(session.thread_id.as_str())
+            .map_err(|err| Error::BadRequest(err.to_string()))?,
         channel: ChannelId::new(session.channel_id.clone()),
         user: proto::v1::User {
             id: UserId::new(format!("admin:{}", caller.name)),
