@@ -437,6 +437,11 @@ mod tests {
         let (configured, slot) = worker_id("w-7", "host-a", dir.path()).unwrap();
         assert_eq!(configured.as_str(), "w-7");
         assert!(slot.is_none());
+        // A fully qualified host name still makes an id that is one subject token.
+        let other = tempfile::tempdir().unwrap();
+        let (fqdn, _fqdn_slot) = worker_id("", "node-1.example.com", other.path()).unwrap();
+        assert_eq!(fqdn.as_str(), "node-1-example-com-1");
+        assert_eq!(fqdn.check(), Ok(()));
     }
 
     #[test]
