@@ -77,6 +77,22 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub model: ModelConfig,
     pub egress: EgressConfig,
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
+}
+
+/// Spending caps, in US dollars of model usage (as the egress gateway meters it); 0: none.
+/// When one is reached, the session's model requests are held and its thread asks the
+/// owner (or an approver) to continue with a top-up of the same amount, or to stop.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Per session (the whole life of a thread's session).
+    pub session_usd: f64,
+    /// Per user (the session's owner) per UTC day.
+    pub user_daily_usd: f64,
+    /// Per channel per UTC day.
+    pub channel_daily_usd: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -326,6 +342,11 @@ pub struct EgressConfig {
     /// (that host), `*.example.com` (its subdomains, not itself), each optionally with
     /// `:port` (else any port). Every other host is refused.
     pub allowed_hosts: Vec<String>,
+    /// More hosts for the sessions of some channels: channel id → patterns as in
+    /// `allowed_hosts`. A request to a host on neither list is refused and the thread is
+    /// asked whether to allow it.
+    #[serde(default)]
+    pub channel_allowed_hosts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One entry of `egress.allowed_hosts`, parsed.
@@ -775,17 +796,41 @@ impl Config {
                 "must be empty or an address like 0.0.0.0:9464",
             ));
         }
+        for (key, value) in [
+            ("budgets.session_usd", self.budgets.session_usd),
+            ("budgets.user_daily_usd", self.budgets.user_daily_usd),
+            ("budgets.channel_daily_usd", self.budgets.channel_daily_usd),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(Error::invalid(
+                    key,
+                    "must be 0 (no budget) or a positive amount",
+                ));
+            }
+        }
         if self.worker.cpus <= 0.0 {
             return Err(Error::invalid("worker.cpus", "must be positive"));
         }
-        for pattern in &self.egress.allowed_hosts {
-            if HostPattern::parse(pattern).is_none() {
-                return Err(Error::invalid(
-                    "egress.allowed_hosts",
-                    format!(
-                        "entries must be `host`, `*.host`, optionally with `:port`; got {pattern:?}"
-                    ),
-                ));
+        let lists = std::iter::once((
+            "egress.allowed_hosts".to_owned(),
+            &self.egress.allowed_hosts,
+        ))
+        .chain(
+            self.egress
+                .channel_allowed_hosts
+                .iter()
+                .map(|(channel, hosts)| (format!("egress.channel_allowed_hosts.{channel}"), hosts)),
+        );
+        for (key, patterns) in lists {
+            for pattern in patterns {
+                if HostPattern::parse(pattern).is_none() {
+                    return Err(Error::invalid(
+                        &key,
+                        format!(
+                            "entries must be `host`, `*.host`, optionally with `:port`; got {pattern:?}"
+                        ),
+                    ));
+                }
             }
         }
         for (key, value) in [

@@ -11,6 +11,17 @@ use tokio_postgres::types::ToSql;
 
 use common::pg::Migration;
 
+/// A top-up given in a thread (`budget_top_ups`).
+#[derive(Debug, Clone)]
+pub struct TopUp<'a> {
+    pub budget: &'a str,
+    pub session_id: &'a str,
+    pub user_id: &'a str,
+    pub channel_id: &'a str,
+    pub amount_usd: f64,
+    pub by: &'a str,
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: "0001_sessions",
@@ -39,6 +50,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: "0007_turn_trace_ids",
         sql: include_str!("../migrations/0007_turn_trace_ids.sql"),
+    },
+    Migration {
+        version: "0011_budget_top_ups",
+        sql: include_str!("../migrations/0011_budget_top_ups.sql"),
     },
 ];
 
@@ -661,6 +676,59 @@ impl Records {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals
              WHERE thread_id = $1 AND status = 'pending' ORDER BY created_at"
+        );
+        let rows = self.query(&sql, &[&thread]).await?;
+        Ok(rows.iter().map(approval_row).collect())
+    }
+
+    /// Records a top-up given in a thread.
+    pub async fn add_top_up(&self, top_up: &TopUp<'_>) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO budget_top_ups (budget, session_id, user_id, channel_id, amount_usd, given_by)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &top_up.budget,
+                &top_up.session_id,
+                &top_up.user_id,
+                &top_up.channel_id,
+                &top_up.amount_usd,
+                &top_up.by,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The top-ups that count now for a session, its owner's and its channel's UTC day:
+    /// (session, user day, channel day), in dollars.
+    pub async fn top_ups(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        channel_id: &str,
+    ) -> Result<(f64, f64, f64), Error> {
+        let rows = self
+            .query(
+                "SELECT
+                   COALESCE(SUM(amount_usd) FILTER (WHERE budget = 'session' AND session_id = $1), 0),
+                   COALESCE(SUM(amount_usd) FILTER (WHERE budget = 'user_day' AND user_id = $2), 0),
+                   COALESCE(SUM(amount_usd) FILTER (WHERE budget = 'channel_day' AND channel_id = $3), 0)
+                 FROM budget_top_ups
+                 WHERE (session_id = $1 OR user_id = $2 OR channel_id = $3)
+                   AND (budget = 'session' OR day = (now() AT TIME ZONE 'utc')::date)",
+                &[&session_id, &user_id, &channel_id],
+            )
+            .await?;
+        let row = rows.first();
+        Ok(row.map_or((0.0, 0.0, 0.0), |r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// What the thread said about hosts its session's egress gateway refused (asked,
+    /// allowed once or for the session, denied), oldest first.
+    pub async fn domain_approvals(&self, thread: &str) -> Result<Vec<ApprovalRow>, Error> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals
+             WHERE thread_id = $1 AND kind = 'domain' ORDER BY created_at"
         );
         let rows = self.query(&sql, &[&thread]).await?;
         Ok(rows.iter().map(approval_row).collect())

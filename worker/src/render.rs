@@ -677,6 +677,60 @@ pub fn guest_buttons() -> Vec<Button> {
     ]
 }
 
+/// Claude's request to a host its session may not reach.
+pub fn domain_body(host: &str, port: u16) -> String {
+    let shown = if matches!(port, 80 | 443) {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    format!(
+        "#### :globe_with_meridians: Claude wants to reach `{shown}`
+It is not on this session's allow-list, so the request was refused. Allowed, Claude's next try gets through."
+    )
+}
+
+pub const DOMAIN_HINT: &str = "Answer with the buttons, or react :+1: allow once · :white_check_mark: allow for this session · :-1: deny.";
+
+pub fn domain_buttons() -> Vec<Button> {
+    vec![
+        Button::new("domainonce", "Allow once", "primary"),
+        Button::new("domainsession", "Allow for this session", "good"),
+        Button::new("domaindeny", "Deny", "danger"),
+    ]
+}
+
+/// A budget is used up: the session's model requests wait.
+pub fn budget_body(what: &str, spent: f64, limit: f64) -> String {
+    format!(
+        "#### :money_with_wings: {} is used up
+${spent:.4} spent of ${limit:.4}. Claude's model requests are held until the session's owner or an approver answers: nothing is lost meanwhile.",
+        capitalize(what)
+    )
+}
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+pub const BUDGET_HINT: &str =
+    "Answer with the buttons, or react :+1: continue · :-1: stop this turn.";
+
+pub fn budget_buttons(top_up: f64) -> Vec<Button> {
+    vec![
+        Button::new(
+            "budgetcontinue",
+            format!("Continue (+${top_up:.2})"),
+            "primary",
+        ),
+        Button::new("budgetstop", "Stop", "danger"),
+    ]
+}
+
 /// A request or question, with its instructions (while it waits) or its verdict.
 pub fn with_footer(body: &str, footer: &str) -> String {
     format!("{body}\n\n{footer}")
@@ -697,6 +751,11 @@ pub enum Verdict<'a> {
     GuestAllowed { by: &'a str },
     GuestInvited { by: &'a str, guest: &'a str },
     GuestDenied { by: &'a str },
+    DomainOnce { by: &'a str },
+    DomainSession { by: &'a str },
+    DomainDenied { by: &'a str },
+    BudgetContinued { by: &'a str, top_up: &'a str },
+    BudgetStopped { by: &'a str },
 }
 
 pub fn verdict(v: &Verdict<'_>) -> String {
@@ -727,6 +786,23 @@ pub fn verdict(v: &Verdict<'_>) -> String {
             format!(":handshake: @{by} **invited** @{guest} to the session")
         }
         Verdict::GuestDenied { by } => format!(":no_entry: **Not run**: declined by @{by}"),
+        Verdict::DomainOnce { by } => {
+            format!(
+                ":white_check_mark: **Allowed once** by @{by}: Claude's next request to it gets through."
+            )
+        }
+        Verdict::DomainSession { by } => {
+            format!(":white_check_mark: **Allowed for this session** by @{by}")
+        }
+        Verdict::DomainDenied { by } => {
+            format!(":no_entry: **Denied** by @{by}: requests to it stay refused.")
+        }
+        Verdict::BudgetContinued { by, top_up } => {
+            format!(":arrow_forward: **Continued** by @{by} with a top-up of ${top_up}")
+        }
+        Verdict::BudgetStopped { by } => {
+            format!(":octagonal_sign: **Stopped** by @{by}: the turn ends here.")
+        }
     }
 }
 

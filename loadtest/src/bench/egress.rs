@@ -56,6 +56,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
             model_base_url: model.base_url(),
             credential: worker::egress::Credential::ApiKey(common::config::Secret::new(KEY)),
             allowed_hosts: Vec::new(),
+            channel_hosts: Default::default(),
         },
     )
     .await

@@ -9,8 +9,8 @@
 pub mod state;
 
 pub use state::{
-    Answer, Approvals, Asked, Attempt, Buttons, Effect, Held, Options, Outcome, Person, Via,
-    Withdrawal,
+    Answer, Approvals, Asked, Attempt, BudgetAsked, Buttons, DomainAsked, Effect, Held, Options,
+    Outcome, Person, Via, Withdrawal,
 };
 
 use std::collections::BTreeMap;
@@ -30,6 +30,11 @@ pub enum Kind {
     Plan,
     /// A message from someone outside the session, held for the owner.
     Guest,
+    /// A host the session's egress gateway refused: allow it once, for the session, or not.
+    Domain,
+    /// A budget was reached and the session's model requests are held: continue with a
+    /// top-up, or stop.
+    Budget,
 }
 
 impl Kind {
@@ -47,6 +52,8 @@ impl Kind {
             Kind::Question => "question",
             Kind::Plan => "plan",
             Kind::Guest => "guest",
+            Kind::Domain => "domain",
+            Kind::Budget => "budget",
         }
     }
 
@@ -56,6 +63,8 @@ impl Kind {
             "question" => Kind::Question,
             "plan" => Kind::Plan,
             "guest" => Kind::Guest,
+            "domain" => Kind::Domain,
+            "budget" => Kind::Budget,
             _ => return None,
         })
     }
@@ -82,6 +91,11 @@ pub enum Choice {
     GuestOnce,
     GuestInvite,
     GuestDeny,
+    DomainOnce,
+    DomainSession,
+    DomainDeny,
+    BudgetContinue,
+    BudgetStop,
 }
 
 impl Choice {
@@ -98,6 +112,11 @@ impl Choice {
             (Kind::Guest, "guestonce") => Choice::GuestOnce,
             (Kind::Guest, "guestinvite") => Choice::GuestInvite,
             (Kind::Guest, "guestdeny") => Choice::GuestDeny,
+            (Kind::Domain, "domainonce") => Choice::DomainOnce,
+            (Kind::Domain, "domainsession") => Choice::DomainSession,
+            (Kind::Domain, "domaindeny") => Choice::DomainDeny,
+            (Kind::Budget, "budgetcontinue") => Choice::BudgetContinue,
+            (Kind::Budget, "budgetstop") => Choice::BudgetStop,
             _ => return None,
         })
     }
@@ -112,6 +131,11 @@ impl Choice {
             (Kind::Question, "two") => Choice::Option(1),
             (Kind::Question, "three") => Choice::Option(2),
             (Kind::Question, "four") => Choice::Option(3),
+            (Kind::Domain, "+1" | "thumbsup") => Choice::DomainOnce,
+            (Kind::Domain, "white_check_mark") => Choice::DomainSession,
+            (Kind::Domain, "-1" | "thumbsdown") => Choice::DomainDeny,
+            (Kind::Budget, "+1" | "thumbsup") => Choice::BudgetContinue,
+            (Kind::Budget, "-1" | "thumbsdown") => Choice::BudgetStop,
             _ => return None,
         })
     }
@@ -126,6 +150,11 @@ impl Choice {
             Choice::GuestOnce => "guest_once".into(),
             Choice::GuestInvite => "guest_invite".into(),
             Choice::GuestDeny => "guest_deny".into(),
+            Choice::DomainOnce => "domain_once".into(),
+            Choice::DomainSession => "domain_session".into(),
+            Choice::DomainDeny => "domain_deny".into(),
+            Choice::BudgetContinue => "budget_continue".into(),
+            Choice::BudgetStop => "budget_stop".into(),
         }
     }
 }
@@ -231,7 +260,40 @@ pub fn prompt(kind: Kind, tool_name: &str, input: &Value, step: usize) -> (Strin
                 render::guest_buttons(),
             )
         }
+        Kind::Domain => (
+            render::with_footer(&domain_body(input), render::DOMAIN_HINT),
+            render::domain_buttons(),
+        ),
+        Kind::Budget => (
+            render::with_footer(&budget_body(input), render::BUDGET_HINT),
+            render::budget_buttons(num(input, "top_up")),
+        ),
     }
+}
+
+fn num(input: &Value, key: &str) -> f64 {
+    input.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn budget_body(input: &Value) -> String {
+    render::budget_body(
+        input
+            .get("what")
+            .and_then(Value::as_str)
+            .unwrap_or("a budget"),
+        num(input, "spent"),
+        num(input, "limit"),
+    )
+}
+
+fn domain_body(input: &Value) -> String {
+    let host = input.get("host").and_then(Value::as_str).unwrap_or("");
+    let port = input
+        .get("port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(443);
+    render::domain_body(host, port)
 }
 
 /// The description kept above a verdict.
@@ -253,6 +315,8 @@ pub fn body(kind: Kind, tool_name: &str, input: &Value) -> String {
             let text = input.get("text").and_then(Value::as_str).unwrap_or("");
             render::guest_body(owner, guest, text)
         }
+        Kind::Domain => domain_body(input),
+        Kind::Budget => budget_body(input),
     }
 }
 

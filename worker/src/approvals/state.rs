@@ -83,6 +83,38 @@ pub struct Held {
     pub now_ms: i64,
 }
 
+/// The session's egress gateway refused a host: ask the thread whether to allow it.
+#[derive(Debug, Clone)]
+pub struct DomainAsked {
+    /// The id a new approval gets.
+    pub approval: String,
+    pub session_id: String,
+    /// Lower case, no trailing dot.
+    pub host: String,
+    pub port: u16,
+    /// The prompt whose turn made the request, if a turn runs.
+    pub event_id: String,
+    pub now_ms: i64,
+}
+
+/// A budget is used up and the session's model requests are held: ask the thread.
+#[derive(Debug, Clone)]
+pub struct BudgetAsked {
+    pub approval: String,
+    pub session_id: String,
+    /// `session`, `user_day` or `channel_day`.
+    pub budget: String,
+    /// For people: "this session's budget", ….
+    pub what: String,
+    pub spent: f64,
+    pub limit: f64,
+    /// What "continue" adds to the budget.
+    pub top_up: f64,
+    /// The prompt whose turn is held.
+    pub event_id: String,
+    pub now_ms: i64,
+}
+
 /// How someone answered: the button's action id, or the reaction's emoji.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
@@ -233,6 +265,19 @@ pub enum Effect {
         user_id: String,
         username: String,
     },
+    /// Let the session reach `host`: for its next request, or for the rest of the session.
+    Grant {
+        host: String,
+        session_wide: bool,
+    },
+    /// Let the session's held model requests go on after recording a top-up of `top_up`
+    /// to `budget` (`go_on`), or refuse them so the turn ends (`by` stopped it).
+    Release {
+        budget: String,
+        top_up: f64,
+        go_on: bool,
+        by: String,
+    },
 }
 
 /// A request of the running CLI waiting for the thread, bound to its approval.
@@ -292,6 +337,22 @@ enum Then {
         text: String,
         post: LocalRef,
     },
+    /// A held session was continued or stopped.
+    Budget {
+        choice: Choice,
+        budget: String,
+        top_up: f64,
+        by: String,
+        text: String,
+        post: LocalRef,
+    },
+    /// A host was allowed (once or for the session) or denied.
+    Domain {
+        choice: Choice,
+        host: String,
+        text: String,
+        post: LocalRef,
+    },
 }
 
 /// A bounded memory of ids, oldest forgotten first.
@@ -336,6 +397,26 @@ pub struct Approvals {
     deciding: BTreeMap<String, Deciding>,
     events: Recent,
     requests: Recent,
+    /// Hosts the egress gateway refused, by what the thread said of them. A host asked
+    /// about (pending), denied or allowed for the session is not asked about again.
+    domains: BTreeMap<String, DomainState>,
+    /// The budget prompt waiting for an answer, if any: one at a time.
+    budget: Option<String>,
+}
+
+/// What the thread said of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DomainState {
+    /// Asked (the approval's id); no answer yet.
+    Asked(String),
+    Denied,
+    Allowed,
+}
+
+/// Whether a decided `domain` row allowed its host for the whole session.
+fn domain_scope(row: &ApprovalRow) -> Option<bool> {
+    let answer: Value = serde_json::from_str(row.answer.as_deref()?).ok()?;
+    Some(answer.get("scope")?.as_str()? == "session")
 }
 
 /// The post a row's prompt is on.
@@ -381,6 +462,8 @@ impl Approvals {
             deciding: BTreeMap::new(),
             events: Recent::default(),
             requests: Recent::default(),
+            domains: BTreeMap::new(),
+            budget: None,
         }
     }
 
@@ -569,6 +652,129 @@ impl Approvals {
         vec![Effect::Insert(row)]
     }
 
+    /// The session's egress gateway refused `host`: ask the thread, unless it was asked
+    /// already (and not answered "once"), denied, or allowed for the session.
+    pub fn domain(&mut self, asked: DomainAsked) -> Vec<Effect> {
+        if self.domains.contains_key(&asked.host) {
+            return Vec::new();
+        }
+        self.domains.insert(
+            asked.host.clone(),
+            DomainState::Asked(asked.approval.clone()),
+        );
+        let input = serde_json::json!({"host": asked.host, "port": asked.port});
+        let (text, buttons) = prompt(Kind::Domain, &asked.host, &input, 0);
+        let row = ApprovalRow {
+            approval_id: asked.approval.clone(),
+            thread_id: self.thread.clone(),
+            session_id: asked.session_id,
+            event_id: asked.event_id,
+            request_id: String::new(),
+            incarnation: String::new(),
+            kind: Kind::Domain.as_str().into(),
+            tool_name: asked.host,
+            input: input.to_string(),
+            fingerprint: String::new(),
+            post_ref: 0,
+            status: "pending".into(),
+            progress: None,
+            answer: None,
+            decided_by_name: None,
+            delivered: false,
+            expires_at_ms: asked.now_ms.saturating_add(HELD_FOR_MS),
+        };
+        self.posting.insert(
+            asked.approval.clone(),
+            Posting {
+                row: row.clone(),
+                request: None,
+                text,
+                buttons: Buttons {
+                    approval: asked.approval,
+                    step: 0,
+                    buttons,
+                },
+            },
+        );
+        vec![Effect::Insert(row)]
+    }
+
+    /// A budget is used up: ask whether to continue, unless a budget prompt waits already.
+    pub fn budget(&mut self, asked: BudgetAsked) -> Vec<Effect> {
+        if self.budget.is_some() {
+            return Vec::new();
+        }
+        self.budget = Some(asked.approval.clone());
+        let input = serde_json::json!({
+            "budget": asked.budget,
+            "what": asked.what,
+            "spent": asked.spent,
+            "limit": asked.limit,
+            "top_up": asked.top_up,
+        });
+        let (text, buttons) = prompt(Kind::Budget, "", &input, 0);
+        let row = ApprovalRow {
+            approval_id: asked.approval.clone(),
+            thread_id: self.thread.clone(),
+            session_id: asked.session_id,
+            event_id: asked.event_id,
+            request_id: String::new(),
+            incarnation: String::new(),
+            kind: Kind::Budget.as_str().into(),
+            tool_name: asked.budget,
+            input: input.to_string(),
+            fingerprint: String::new(),
+            post_ref: 0,
+            status: "pending".into(),
+            progress: None,
+            answer: None,
+            decided_by_name: None,
+            delivered: false,
+            expires_at_ms: asked.now_ms.saturating_add(HELD_FOR_MS),
+        };
+        self.posting.insert(
+            asked.approval.clone(),
+            Posting {
+                row: row.clone(),
+                request: None,
+                text,
+                buttons: Buttons {
+                    approval: asked.approval,
+                    step: 0,
+                    buttons,
+                },
+            },
+        );
+        vec![
+            Effect::Status(Status::WaitingForApproval),
+            Effect::Insert(row),
+        ]
+    }
+
+    /// The session's earlier answers about hosts (its `domain` approvals, from the
+    /// record): what was allowed for the session is granted again, what was denied or is
+    /// still asked is not asked again. For a session made live, on any worker.
+    pub fn restore_domains(&mut self, rows: &[ApprovalRow]) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for row in rows.iter().filter(|r| r.kind == Kind::Domain.as_str()) {
+            let host = row.tool_name.clone();
+            let state = match row.status.as_str() {
+                "pending" => DomainState::Asked(row.approval_id.clone()),
+                "denied" => DomainState::Denied,
+                "allowed" if domain_scope(row) == Some(true) => {
+                    effects.push(Effect::Grant {
+                        host: host.clone(),
+                        session_wide: true,
+                    });
+                    DomainState::Allowed
+                }
+                _ => continue,
+            };
+            self.domains.insert(host, state);
+        }
+        effects
+    }
+
     /// The approval was stored with its prompt's reference `post` (then the prompt is
     /// posted), or could not be (`None`). A CLI's request nobody can answer is denied, so
     /// the CLI stops waiting and the turn shows why; a held message is forgotten, so that
@@ -586,6 +792,22 @@ impl Approvals {
         let Some(post) = post else {
             return match request {
                 Some(request) => self.unanswerable(approval, request, None),
+                None if row.kind == Kind::Domain.as_str() => {
+                    // Asked again at the next refusal.
+                    self.domains.remove(&row.tool_name);
+                    Vec::new()
+                }
+                None if row.kind == Kind::Budget.as_str() => {
+                    // Nobody can answer: the held requests are refused, so the turn ends
+                    // visibly rather than waiting for nothing.
+                    self.budget = None;
+                    vec![Effect::Release {
+                        budget: row.tool_name,
+                        top_up: 0.0,
+                        go_on: false,
+                        by: TIMEOUT_USER.into(),
+                    }]
+                }
                 None => {
                     self.events.remove(&row.event_id);
                     Vec::new()
@@ -619,10 +841,17 @@ impl Approvals {
                 };
                 self.unanswerable(approval, pending.request, Some(close))
             }
-            None => vec![Effect::Close {
-                approval: approval.to_owned(),
-                status: "failed",
-            }],
+            None => {
+                self.domains
+                    .retain(|_, d| *d != DomainState::Asked(approval.to_owned()));
+                if self.budget.as_deref() == Some(approval) {
+                    self.budget = None;
+                }
+                vec![Effect::Close {
+                    approval: approval.to_owned(),
+                    status: "failed",
+                }]
+            }
         }
     }
 
@@ -710,6 +939,70 @@ impl Approvals {
         let input = input_of(row);
         let post = post_of(row);
         let by = user.name.as_str();
+        if kind == Kind::Budget {
+            let input = input_of(row);
+            let top_up = input.get("top_up").and_then(Value::as_f64).unwrap_or(0.0);
+            let shown = format!("{top_up:.2}");
+            let (status, verdict) = match choice {
+                Choice::BudgetContinue => {
+                    ("allowed", Verdict::BudgetContinued { by, top_up: &shown })
+                }
+                Choice::BudgetStop => ("denied", Verdict::BudgetStopped { by }),
+                _ => return Vec::new(),
+            };
+            let text =
+                render::with_footer(&body(Kind::Budget, "", &input), &render::verdict(&verdict));
+            let decide = Effect::Decide {
+                approval: row.approval_id.clone(),
+                status,
+                answer: serde_json::json!({ "top_up": if choice == Choice::BudgetContinue { top_up } else { 0.0 } }).to_string(),
+                user_id: user.id.clone(),
+                username: user.name.clone(),
+                via,
+            };
+            return self.deciding(
+                Some(&answer.event_id),
+                decide,
+                attempt(Outcome::Accepted),
+                Then::Budget {
+                    choice,
+                    budget: row.tool_name.clone(),
+                    top_up,
+                    by: user.name.clone(),
+                    text,
+                    post,
+                },
+            );
+        }
+        if kind == Kind::Domain {
+            let (status, scope, verdict) = match choice {
+                Choice::DomainOnce => ("allowed", "once", Verdict::DomainOnce { by }),
+                Choice::DomainSession => ("allowed", "session", Verdict::DomainSession { by }),
+                Choice::DomainDeny => ("denied", "deny", Verdict::DomainDenied { by }),
+                _ => return Vec::new(),
+            };
+            let text =
+                render::with_footer(&body(Kind::Domain, "", &input), &render::verdict(&verdict));
+            let decide = Effect::Decide {
+                approval: row.approval_id.clone(),
+                status,
+                answer: serde_json::json!({ "scope": scope }).to_string(),
+                user_id: user.id.clone(),
+                username: user.name.clone(),
+                via,
+            };
+            return self.deciding(
+                Some(&answer.event_id),
+                decide,
+                attempt(Outcome::Accepted),
+                Then::Domain {
+                    choice,
+                    host: row.tool_name.clone(),
+                    text,
+                    post,
+                },
+            );
+        }
         let (decision, verdict) = match (kind, choice) {
             (Kind::Guest, _) => {
                 let guest = str_field(&input, "username");
@@ -954,6 +1247,73 @@ impl Approvals {
                     }),
                 }
             }
+            Then::Budget {
+                choice,
+                budget,
+                top_up,
+                by,
+                text,
+                post,
+            } => {
+                if !won {
+                    return effects;
+                }
+                if self.budget.as_deref() == Some(approval) {
+                    self.budget = None;
+                }
+                effects.push(Effect::Update {
+                    post,
+                    text,
+                    buttons: None,
+                });
+                let go_on = choice == Choice::BudgetContinue;
+                effects.push(Effect::Release {
+                    budget,
+                    top_up: if go_on { top_up } else { 0.0 },
+                    go_on,
+                    by,
+                });
+                if self.pending.is_empty() {
+                    effects.push(Effect::Status(Status::Working));
+                }
+            }
+            Then::Domain {
+                choice,
+                host,
+                text,
+                post,
+            } => {
+                if !won {
+                    return effects;
+                }
+                effects.push(Effect::Update {
+                    post,
+                    text,
+                    buttons: None,
+                });
+                let state = match choice {
+                    Choice::DomainOnce => {
+                        effects.push(Effect::Grant {
+                            host: host.clone(),
+                            session_wide: false,
+                        });
+                        None
+                    }
+                    Choice::DomainSession => {
+                        effects.push(Effect::Grant {
+                            host: host.clone(),
+                            session_wide: true,
+                        });
+                        Some(DomainState::Allowed)
+                    }
+                    _ => Some(DomainState::Denied),
+                };
+                // Allowed once: a later refusal asks again.
+                match state {
+                    Some(state) => self.domains.insert(host, state),
+                    None => self.domains.remove(&host),
+                };
+            }
         }
         effects
     }
@@ -1059,6 +1419,7 @@ impl Approvals {
                 for row in open {
                     if row.event_id != event_id
                         || row.kind == Kind::Guest.as_str()
+                        || row.kind == Kind::Domain.as_str()
                         || row.status != "pending"
                         || gone.contains(&row.approval_id)
                     {

@@ -13,7 +13,21 @@
 //! redirect is followed on a session's behalf (it could lead to a host not allowed).
 //! Decisions are [`policy`]'s (sans-IO); this module is the I/O around them.
 
+pub mod budget;
+mod notice;
 pub mod policy;
+
+pub use notice::Notice;
+
+/// What the thread said about a session held at a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// A top-up was recorded: held requests look at the budgets again.
+    Continue,
+    /// Held requests are refused, so the turn ends; `by` said so.
+    Stop { by: String },
+}
+pub use policy::Scope;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +40,9 @@ use base64::Engine;
 use common::config::{EgressConfig, HostPattern, ModelConfig, Secret};
 use futures::TryStreamExt;
 use proto::ids::SessionId;
+use std::collections::HashMap;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +53,8 @@ use policy::{Decision, Policy, Refusal, Sessions, Target};
 const MAX_MODEL_REQUEST: usize = 64 * 1024 * 1024;
 /// The model API when `model.base_url` is empty.
 const ANTHROPIC_API: &str = "https://api.anthropic.com";
+/// Notices queued for one session's actor before more are dropped.
+const NOTICES: usize = 64;
 /// Added to OAuth-authenticated model requests, as the CLI does for its own OAuth logins.
 const OAUTH_BETA: &str = "oauth-2025-04-20";
 
@@ -82,6 +100,8 @@ pub struct EgressOptions {
     pub credential: Credential,
     /// `egress.allowed_hosts`, parsed.
     pub allowed_hosts: Vec<HostPattern>,
+    /// `egress.channel_allowed_hosts`, parsed: channel id → hosts its sessions may reach.
+    pub channel_hosts: HashMap<String, Vec<HostPattern>>,
 }
 
 impl EgressOptions {
@@ -93,6 +113,14 @@ impl EgressOptions {
                 .allowed_hosts
                 .iter()
                 .filter_map(|p| HostPattern::parse(p))
+                .collect(),
+            channel_hosts: egress
+                .channel_allowed_hosts
+                .iter()
+                .map(|(channel, hosts)| {
+                    let hosts = hosts.iter().filter_map(|p| HostPattern::parse(p)).collect();
+                    (channel.clone(), hosts)
+                })
                 .collect(),
         }
     }
@@ -109,6 +137,11 @@ pub struct Egress {
 struct Inner {
     sessions: Mutex<Sessions>,
     policy: Policy,
+    channel_hosts: HashMap<String, Vec<HostPattern>>,
+    /// Where each session's notices go (its actor, through the runtime's session).
+    notices: Mutex<HashMap<SessionId, mpsc::Sender<Notice>>>,
+    /// Sessions whose model requests wait at a budget, until the thread answers.
+    holds: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<Option<Release>>>>,
     credential: Credential,
     upstream: String,
     client: reqwest::Client,
@@ -153,6 +186,9 @@ impl Egress {
             inner: Arc::new(Inner {
                 sessions: Mutex::default(),
                 policy: Policy::new(options.allowed_hosts),
+                channel_hosts: options.channel_hosts,
+                notices: Mutex::default(),
+                holds: Mutex::default(),
                 credential: options.credential,
                 upstream,
                 client,
@@ -179,13 +215,101 @@ impl Egress {
         self.sessions().issue(session, &random)
     }
 
+    /// The session's container is gone: its tokens stop working, its grants and its
+    /// notices' receiver are dropped.
     pub fn revoke(&self, session: &SessionId) {
-        self.sessions().revoke(session);
+        self.sessions().forget(session);
+        self.notice_senders().remove(session);
+        self.release(
+            session,
+            Release::Stop {
+                by: "ccfleet".into(),
+            },
+        );
+    }
+
+    /// The thread answered about a session held at a budget: its held requests go on
+    /// (and look at the budgets again) or are refused.
+    pub fn release(&self, session: &SessionId, release: Release) {
+        let hold = self
+            .inner
+            .holds
+            .lock()
+            .expect("egress holds lock")
+            .remove(session);
+        if let Some(hold) = hold {
+            hold.send_replace(Some(release));
+        }
+    }
+
+    /// Waits until the thread answers about `session`, held at a budget.
+    #[expect(
+        dead_code,
+        reason = "the budget gate comes with the meter (merge of h-pool)"
+    )]
+    async fn held(&self, session: &SessionId) -> Release {
+        let mut answer = self
+            .inner
+            .holds
+            .lock()
+            .expect("egress holds lock")
+            .entry(session.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(None).0)
+            .subscribe();
+        match answer.wait_for(Option::is_some).await {
+            Ok(release) => release.clone().unwrap_or(Release::Continue),
+            // Not reached: the sender is dropped only after it sent.
+            Err(_) => Release::Stop {
+                by: "ccfleet".into(),
+            },
+        }
     }
 
     /// A warm container's token now names the session that took it.
     pub fn rename(&self, from: &SessionId, to: &SessionId) {
         self.sessions().rename(from, to);
+        self.notice_senders().remove(from);
+    }
+
+    fn notice_senders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SessionId, mpsc::Sender<Notice>>> {
+        self.inner.notices.lock().expect("egress notices lock")
+    }
+
+    /// Where the gateway's notices about `session` go from now on (an earlier receiver
+    /// gets no more).
+    pub fn subscribe(&self, session: &SessionId) -> mpsc::Receiver<Notice> {
+        let (tx, rx) = mpsc::channel(NOTICES);
+        self.notice_senders().insert(session.clone(), tx);
+        rx
+    }
+
+    /// Tells the session's actor, if it listens. A full queue drops the notice: the
+    /// actor is far behind, and every notice is about a request that will be made again.
+    pub fn notify(&self, session: &SessionId, notice: Notice) {
+        let sender = self.notice_senders().get(session).cloned();
+        if let Some(sender) = sender
+            && let Err(err) = sender.try_send(notice)
+        {
+            tracing::debug!(session_id = %session, error = %err, "an egress notice was dropped");
+        }
+    }
+
+    /// The session belongs to `channel`: its hosts (configuration) are open to it.
+    pub fn set_channel(&self, session: &SessionId, channel: &str) {
+        let hosts = self
+            .inner
+            .channel_hosts
+            .get(channel)
+            .cloned()
+            .unwrap_or_default();
+        self.sessions().set_channel(session, hosts);
+    }
+
+    /// The thread allowed `host` for the session (once, or for the session).
+    pub fn grant(&self, session: &SessionId, host: &str, scope: Scope) {
+        self.sessions().grant(session, host, scope);
     }
 
     /// The environment that sends a container's model requests and all its HTTP(S)
@@ -255,8 +379,23 @@ impl Egress {
     }
 
     fn decide(&self, token: Option<&str>, target: &Target) -> Decision {
-        let sessions = self.sessions();
-        self.inner.policy.decide(&sessions, token, target)
+        let decision = {
+            let mut sessions = self.sessions();
+            self.inner.policy.decide(&mut sessions, token, target)
+        };
+        if let (Decision::Refuse(Refusal::NotAllowed { host, port }), Some(session)) = (
+            &decision,
+            token.and_then(|t| self.sessions().session(t).cloned()),
+        ) {
+            self.notify(
+                &session,
+                Notice::HostRefused {
+                    host: host.clone(),
+                    port: *port,
+                },
+            );
+        }
+        decision
     }
 
     async fn model(&self, req: Request<Body>) -> Response<Body> {

@@ -544,6 +544,16 @@ impl DockerRuntime {
 
     /// Starts a session: from the warm pool when it can, else cold.
     pub(crate) async fn start(&self, spec: SessionSpec) -> Result<Session, Error> {
+        let mut session = self.start_container(spec).await?;
+        // Subscribed once the session has its final id (a warm container is renamed).
+        session.egress = Some(super::EgressLink {
+            notices: self.egress.subscribe(&session.id),
+            egress: self.egress.clone(),
+        });
+        Ok(session)
+    }
+
+    async fn start_container(&self, spec: SessionSpec) -> Result<Session, Error> {
         if self.pool.enabled() {
             let eligible = if spec.resume.is_some() || spec.restore.is_some() {
                 Err(Miss::Resume)
@@ -761,6 +771,7 @@ impl DockerRuntime {
         Ok(Session {
             id: id.clone(),
             agent,
+            egress: None,
             files: SessionFiles {
                 session: id.clone(),
                 files: Files::Container {

@@ -637,8 +637,26 @@ pub(crate) enum Lifecycle {
 pub struct Session {
     id: SessionId,
     agent: Agent,
+    /// The docker runtime's way out for this session; `None`: the process and sim
+    /// runtimes (unsandboxed).
+    egress: Option<EgressLink>,
     files: SessionFiles,
     life: Lifecycle,
+}
+
+/// What a session has for its actor next.
+#[derive(Debug)]
+pub enum FromSession {
+    /// An event of the agent; `None` once the CLI exited and every event was taken.
+    Agent(Option<crate::agent::Event>),
+    /// A notice of the session's egress gateway.
+    Egress(crate::egress::Notice),
+}
+
+/// A docker session's egress gateway and the notices it sends about the session.
+pub(crate) struct EgressLink {
+    egress: crate::egress::Egress,
+    notices: tokio::sync::mpsc::Receiver<crate::egress::Notice>,
 }
 
 impl std::fmt::Debug for Session {
@@ -661,6 +679,30 @@ impl Session {
     /// The driver: events and, through [`Agent::handle`], prompts and answers.
     pub fn agent(&mut self) -> &mut Agent {
         &mut self.agent
+    }
+
+    /// The next event of the agent (only if `agent`: `None` once the CLI exited), or the
+    /// next notice of the session's egress gateway (never, for a session without one).
+    pub async fn next_input(&mut self, agent: bool) -> FromSession {
+        let notices = self.egress.as_mut().map(|link| &mut link.notices);
+        let notice = async move {
+            match notices {
+                Some(notices) => match notices.recv().await {
+                    Some(notice) => notice,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            notice = notice => FromSession::Egress(notice),
+            event = self.agent.next_event(), if agent => FromSession::Agent(event),
+        }
+    }
+
+    /// The session's egress gateway (docker runtime only).
+    pub fn egress(&self) -> Option<&crate::egress::Egress> {
+        self.egress.as_ref().map(|link| &link.egress)
     }
 
     /// A handle for writing to the CLI from other tasks.

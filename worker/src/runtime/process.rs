@@ -151,6 +151,7 @@ impl ProcessRuntime {
         Ok(Session {
             id: spec.session_id.clone(),
             agent,
+            egress: None,
             files: SessionFiles {
                 session: spec.session_id,
                 files: Files::Dir(root),

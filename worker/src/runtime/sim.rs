@@ -70,6 +70,7 @@ impl SimRuntime {
         Ok(Session {
             id: spec.session_id.clone(),
             agent,
+            egress: None,
             files: SessionFiles {
                 session: spec.session_id,
                 files: Files::Dir(root),

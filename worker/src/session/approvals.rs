@@ -253,6 +253,28 @@ impl State {
                     }
                     Vec::new()
                 }
+                Effect::Grant { host, session_wide } => {
+                    let scope = if session_wide {
+                        crate::egress::Scope::Session
+                    } else {
+                        crate::egress::Scope::Once
+                    };
+                    if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref())
+                        && let Some(egress) = session.egress()
+                    {
+                        egress.grant(session.id(), &host, scope);
+                    }
+                    Vec::new()
+                }
+                Effect::Release {
+                    budget,
+                    top_up,
+                    go_on,
+                    by,
+                } => {
+                    self.release_budget(&budget, top_up, go_on, &by).await?;
+                    Vec::new()
+                }
                 Effect::Invite { user_id, username } => {
                     let _ = self
                         .ctx
@@ -272,6 +294,137 @@ impl State {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+
+    /// The session was started: its egress gateway learns its channel's hosts and what
+    /// the thread allowed earlier (on this worker or another).
+    pub(super) async fn open_egress(&mut self) {
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
+        let Some(session) = live.session.as_ref() else {
+            return;
+        };
+        let Some(egress) = session.egress() else {
+            return;
+        };
+        egress.set_channel(session.id(), &live.row.channel_id);
+        let rows = match self
+            .ctx
+            .records
+            .domain_approvals(self.thread.as_str())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(err) => {
+                // Asked again when refused; nothing is opened that was not allowed.
+                tracing::warn!(error = %common::error_chain(&err), "could not read the session's host answers");
+                return;
+            }
+        };
+        let effects = self.approvals.restore_domains(&rows);
+        if let Err(err) = self.execute(effects, None).await {
+            tracing::warn!(error = %err.chain(), "could not restore the session's host answers");
+        }
+    }
+
+    /// The session's egress gateway has something for the thread.
+    pub(super) async fn on_egress_notice(&mut self, notice: crate::egress::Notice) {
+        let Some((session_id, owner)) = self
+            .live
+            .as_ref()
+            .map(|l| (l.row.session_id.clone(), l.row.started_by_name.clone()))
+        else {
+            return;
+        };
+        let event_id = self
+            .turn
+            .as_ref()
+            .map(|t| t.event.event_id.clone())
+            .unwrap_or_default();
+        let (host, port) = match notice {
+            crate::egress::Notice::HostRefused { host, port } => (host, port),
+            crate::egress::Notice::BudgetReached {
+                budget,
+                spent,
+                limit,
+            } => {
+                tracing::info!(
+                    budget = budget.as_str(),
+                    spent,
+                    limit,
+                    "a budget is used up; asking the thread"
+                );
+                let top_up =
+                    crate::egress::budget::Amounts::from(&self.ctx.config.budgets).get(budget);
+                let effects = self.approvals.budget(approvals::BudgetAsked {
+                    approval: uuid::Uuid::now_v7().to_string(),
+                    session_id,
+                    budget: budget.as_str().to_owned(),
+                    what: budget.describe(&owner),
+                    spent,
+                    limit,
+                    top_up,
+                    event_id,
+                    now_ms: now_ms(),
+                });
+                if let Err(err) = self.execute(effects, None).await {
+                    tracing::warn!(error = %err.chain(), "could not ask the thread about a budget");
+                }
+                return;
+            }
+        };
+        tracing::info!(%host, port, "the egress gateway refused a host; asking the thread");
+        let effects = self.approvals.domain(approvals::DomainAsked {
+            approval: uuid::Uuid::now_v7().to_string(),
+            session_id,
+            host: crate::egress::policy::normal_host(&host),
+            port,
+            event_id,
+            now_ms: now_ms(),
+        });
+        if let Err(err) = self.execute(effects, None).await {
+            tracing::warn!(error = %err.chain(), "could not ask the thread about a host");
+        }
+    }
+
+    /// Records a top-up (continue) and lets the session's held model requests go on, or
+    /// refuses them (stop) so the turn ends. The top-up is stored before anything goes on:
+    /// an error is retried with the answer's event.
+    async fn release_budget(
+        &mut self,
+        budget: &str,
+        top_up: f64,
+        go_on: bool,
+        by: &str,
+    ) -> Result<(), Error> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        if go_on && top_up > 0.0 {
+            self.ctx
+                .records
+                .add_top_up(&crate::records::TopUp {
+                    budget,
+                    session_id: &live.row.session_id,
+                    user_id: &live.row.started_by,
+                    channel_id: &live.row.channel_id,
+                    amount_usd: top_up,
+                    by,
+                })
+                .await?;
+        }
+        if let Some(session) = live.session.as_ref()
+            && let Some(egress) = session.egress()
+        {
+            let release = if go_on {
+                crate::egress::Release::Continue
+            } else {
+                crate::egress::Release::Stop { by: by.to_owned() }
+            };
+            egress.release(session.id(), release);
+        }
+        Ok(())
     }
 
     /// When the earliest pending request times out (or a timeout is tried again).

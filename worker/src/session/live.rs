@@ -127,7 +127,8 @@ impl State {
     pub(super) async fn start_agent(&mut self) -> Result<(), Error> {
         let ctx = self.ctx.clone();
         let records = &ctx.records;
-        let thread = self.thread.as_str();
+        let thread = self.thread.clone();
+        let thread = thread.as_str();
         let Some(row) = self.live.as_ref().map(|l| l.row.clone()) else {
             return Err(Error::NotAttached);
         };
@@ -199,6 +200,10 @@ impl State {
             return Err(Error::NotAttached);
         };
         live.session = Some(session);
+        self.open_egress().await;
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::NotAttached);
+        };
         if lost.is_empty() {
             return Ok(());
         }

@@ -33,12 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::access::{self};
-use crate::agent::Event;
 use crate::ctx::Ctx;
 use crate::records::{Inbound, SessionRow};
 use crate::render::{self, Status};
 use crate::replies::Replies;
-use crate::runtime::Session;
+use crate::runtime::{FromSession, Session};
 
 /// Why an actor ended.
 #[derive(Debug)]
@@ -235,9 +234,11 @@ struct State {
     stop: Option<(String, bool, usize)>,
 }
 
-async fn next_agent_event(live: &mut Option<Live>) -> Option<Event> {
+/// What the live session has next: an event of its agent (only while a turn runs), or a
+/// notice of its egress gateway (at any time).
+async fn next_from_session(live: &mut Option<Live>, turn: bool) -> FromSession {
     match live.as_mut().and_then(|l| l.session.as_mut()) {
-        Some(session) => session.agent().next_event().await,
+        Some(session) => session.next_input(turn).await,
         None => std::future::pending().await,
     }
 }
@@ -346,7 +347,15 @@ impl State {
                         None => return ActorExit::Failed("thread consumer ended".into()),
                     }
                 }
-                event = next_agent_event(&mut self.live), if self.turn.is_some() => {
+                input = next_from_session(&mut self.live, self.turn.is_some()) => {
+                    let event = match input {
+                        FromSession::Egress(notice) => {
+                            let span = self.turn_span();
+                            Box::pin(self.on_egress_notice(notice)).instrument(span).await;
+                            continue;
+                        }
+                        FromSession::Agent(event) => event,
+                    };
                     idle_since = tokio::time::Instant::now();
                     if let Some(turn) = self.turn.as_mut() {
                         turn.last_output = idle_since;

@@ -64,6 +64,7 @@ async fn setup(credential: Credential) -> Setup {
             allowed_hosts: vec![
                 HostPattern::parse(&format!("localhost:{}", allowed.port())).unwrap(),
             ],
+            channel_hosts: Default::default(),
         },
     )
     .await

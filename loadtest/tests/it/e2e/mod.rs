@@ -6,6 +6,7 @@ mod chat;
 mod checkpoints;
 mod cut_turns;
 mod docker;
+mod domains;
 mod entry;
 mod failures;
 mod fencing;

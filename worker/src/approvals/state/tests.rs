@@ -154,6 +154,10 @@ struct World {
     invited: Vec<String>,
     posts: BTreeMap<u32, (String, Option<Buttons>)>,
     statuses: Vec<Status>,
+    /// Hosts opened to the session's egress gateway: (host, for the whole session).
+    grants: Vec<(String, bool)>,
+    /// Budget holds released: whether to go on.
+    releases: Vec<bool>,
 }
 
 impl World {
@@ -176,7 +180,31 @@ impl World {
             invited: Vec::new(),
             posts: BTreeMap::new(),
             statuses: Vec::new(),
+            grants: Vec::new(),
+            releases: Vec::new(),
         }
+    }
+
+    /// The egress gateway refused `host`.
+    fn refused(&mut self, host: &str) -> Vec<Effect> {
+        let approval = self.id("a");
+        let effects = self.core.domain(DomainAsked {
+            approval,
+            session_id: SESSION.into(),
+            host: host.into(),
+            port: 443,
+            event_id: self.turn_event(),
+            now_ms: self.now_ms,
+        });
+        self.run(effects)
+    }
+
+    fn domain_row(&self, host: &str) -> Vec<ApprovalRow> {
+        self.rows
+            .values()
+            .filter(|r| r.kind == "domain" && r.tool_name == host)
+            .cloned()
+            .collect()
     }
 
     fn id(&mut self, prefix: &str) -> String {
@@ -293,6 +321,8 @@ impl World {
                     }
                 }
                 Effect::Invite { username, .. } => self.invited.push(username),
+                Effect::Grant { host, session_wide } => self.grants.push((host, session_wide)),
+                Effect::Release { go_on, .. } => self.releases.push(go_on),
             }
         }
         all
@@ -414,6 +444,152 @@ impl World {
 }
 
 // ---- Concrete scenarios.
+
+#[test]
+fn a_refused_host_is_asked_once_and_allowed_for_the_session() {
+    let mut w = World::new();
+    let effects = w.refused("api.example.com");
+    assert!(
+        matches!(effects.as_slice(), [Effect::Insert(_), Effect::Post { .. }]),
+        "{effects:?}"
+    );
+    let (text, buttons) = w.posts.values().next().unwrap().clone();
+    assert!(
+        text.contains("Claude wants to reach `api.example.com`"),
+        "{text}"
+    );
+    let ids: Vec<_> = buttons
+        .unwrap()
+        .buttons
+        .iter()
+        .map(|b| b.id.clone())
+        .collect();
+    assert_eq!(ids, ["domainonce", "domainsession", "domaindeny"]);
+    // Refused again while it waits: not asked twice.
+    assert!(w.refused("api.example.com").is_empty());
+    // The end of the turn does not withdraw it: the answer matters to the next try.
+    w.end_turn();
+    let row = w.domain_row("api.example.com").remove(0);
+    assert_eq!(row.status, "pending");
+
+    // Bob may not answer; alice may.
+    let refused = w.answer(
+        "e1",
+        &row.approval_id,
+        bob(),
+        Via::Button("domainsession".into()),
+        Some(0),
+    );
+    assert!(matches!(
+        refused[0],
+        Effect::Audit(Attempt {
+            outcome: Outcome::Refused,
+            ..
+        })
+    ));
+    assert!(w.grants.is_empty());
+    w.answer(
+        "e2",
+        &row.approval_id,
+        alice(),
+        Via::Button("domainsession".into()),
+        Some(0),
+    );
+    assert_eq!(w.grants, [("api.example.com".to_owned(), true)]);
+    let row = w.domain_row("api.example.com").remove(0);
+    assert_eq!(row.status, "allowed");
+    let (text, buttons) = w.posts.get(&(row.post_ref as u32)).unwrap().clone();
+    assert!(
+        text.contains("**Allowed for this session** by @alice"),
+        "{text}"
+    );
+    assert!(buttons.is_none());
+    // Allowed for the session: never asked again (a refusal then is a race, not a question).
+    assert!(w.refused("api.example.com").is_empty());
+}
+
+#[test]
+fn allowed_once_asks_again_next_time_and_denied_never_does() {
+    let mut w = World::new();
+    w.refused("once.test");
+    let row = w.domain_row("once.test").remove(0);
+    w.answer(
+        "e1",
+        &row.approval_id,
+        carol(),
+        Via::Reaction("+1".into()),
+        Some(0),
+    );
+    assert_eq!(w.grants, [("once.test".to_owned(), false)]);
+    assert_eq!(
+        w.refused("once.test").len(),
+        2,
+        "asked again after a one-time allowance"
+    );
+
+    w.refused("no.test");
+    let row = w.domain_row("no.test").remove(0);
+    w.answer(
+        "e2",
+        &row.approval_id,
+        alice(),
+        Via::Reaction("-1".into()),
+        Some(0),
+    );
+    assert_eq!(w.domain_row("no.test")[0].status, "denied");
+    assert!(w.refused("no.test").is_empty());
+    assert_eq!(w.grants.len(), 1, "a denial grants nothing");
+}
+
+#[test]
+fn a_session_made_live_again_gets_its_answers_back() {
+    let mut w = World::new();
+    w.refused("kept.test");
+    let kept = w.domain_row("kept.test").remove(0);
+    w.answer(
+        "e1",
+        &kept.approval_id,
+        alice(),
+        Via::Button("domainsession".into()),
+        Some(0),
+    );
+    w.refused("once.test");
+    let once = w.domain_row("once.test").remove(0);
+    w.answer(
+        "e2",
+        &once.approval_id,
+        alice(),
+        Via::Button("domainonce".into()),
+        Some(0),
+    );
+    w.refused("no.test");
+    let no = w.domain_row("no.test").remove(0);
+    w.answer(
+        "e3",
+        &no.approval_id,
+        alice(),
+        Via::Button("domaindeny".into()),
+        Some(0),
+    );
+    w.refused("open.test");
+
+    // Another worker (a new core) reads the rows.
+    let rows: Vec<ApprovalRow> = w.rows.values().cloned().collect();
+    let mut core = Approvals::new(THREAD, options());
+    let effects = core.restore_domains(&rows);
+    assert_eq!(
+        effects,
+        [Effect::Grant {
+            host: "kept.test".into(),
+            session_wide: true
+        }]
+    );
+    w.core = core;
+    assert!(w.refused("kept.test").is_empty());
+    assert!(w.refused("no.test").is_empty());
+    assert!(w.refused("open.test").is_empty(), "its prompt is still up");
+    assert_eq!(w.refused("once.test").len(), 2);
+}
 
 #[test]
 fn a_tool_request_is_posted_stored_and_allowed_by_button() {

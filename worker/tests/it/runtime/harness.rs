@@ -184,6 +184,7 @@ impl Harness {
                 model_base_url: fake.base_url(),
                 credential: worker::egress::Credential::ApiKey(Secret::new("sk-ant-test-fake")),
                 allowed_hosts: Vec::new(),
+                channel_hosts: Default::default(),
             },
         };
         let runtime = match DockerRuntime::connect(options.clone()).await {
