@@ -208,8 +208,13 @@ pub struct GatewayConfig {
     pub listen: String,
     /// The URL people use to reach this gateway (for artifact links and action callbacks).
     pub public_url: String,
-    /// Key of the HMAC that signs artifact links and button contexts.
+    /// Key of the HMAC that signs artifact links and button contexts: at least
+    /// [`MIN_SIGNING_KEY_LEN`] characters of random text (`openssl rand -hex 32`); a short,
+    /// repetitive or placeholder key is refused at start ([`signing_key_weakness`]).
     pub signing_key: Secret,
+    /// How often the gateway resolves `worker.approvers` and `worker.allowed_users` to
+    /// Mattermost user ids (and follows renames of the users they name), in seconds.
+    pub directory_refresh_s: u64,
     /// Streaming edits of one post are coalesced to one per interval.
     pub coalesce_interval_ms: u64,
     pub shutdown_grace_s: u64,
@@ -290,14 +295,16 @@ pub struct WorkerConfig {
     pub pids_limit: i64,
     /// Permission mode of new sessions: `default` (ask in the thread), `acceptEdits`
     /// (file edits run unasked), `plan`, or `bypassPermissions` (never ask; only in
-    /// hardened containers).
+    /// hardened containers: refused with the process runtime, which has no sandbox).
     pub permission_mode: String,
     /// How long an unanswered permission request waits before it is denied.
     pub approval_timeout_s: u64,
-    /// Usernames (without `@`) who may answer any session's permission requests,
-    /// questions and plans, besides the session's owner.
+    /// Who may answer any session's permission requests, questions and plans, besides the
+    /// session's owner: usernames (`alice` or `@alice`) or user ids (`id:<26 characters>`).
+    /// Authorized by user id: the gateway pins each username to the id it names when first
+    /// seen and follows that user's renames (see [`UserEntry`]).
     pub approvers: Vec<String>,
-    /// Usernames who may use Claude; empty: everyone.
+    /// Who may use Claude, in the same forms as `approvers`; empty: everyone.
     pub allowed_users: Vec<String>,
     /// Channel ids where Claude may be used; empty: every channel.
     pub allowed_channels: Vec<String>,
@@ -546,6 +553,95 @@ impl HostPattern {
     }
 }
 
+/// The shortest `gateway.signing_key` accepted.
+pub const MIN_SIGNING_KEY_LEN: usize = 32;
+
+/// Keys that documentation or examples show: a key copied from them is no secret.
+const PLACEHOLDER_KEYS: &[&str] = &[
+    "signing-key-of-at-least-32-bytes-long",
+    "change-me",
+    "changeme",
+    "replace-me",
+    "your-signing-key",
+    "secret",
+];
+
+/// Why `key` is too weak to sign links and buttons, or `None`. Empty is not judged here
+/// (tools that sign nothing load the configuration without a key; the gateway and the
+/// worker refuse an empty one at start).
+pub fn signing_key_weakness(key: &str) -> Option<String> {
+    if key.is_empty() {
+        return None;
+    }
+    let lower = key.to_ascii_lowercase();
+    if PLACEHOLDER_KEYS
+        .iter()
+        .any(|p| lower == *p || (p.len() >= 8 && lower.contains(p)))
+        || lower.contains("change-me")
+        || lower.contains("changeme")
+    {
+        return Some(
+            "is a placeholder from the documentation; generate one with `openssl rand -hex 32`"
+                .into(),
+        );
+    }
+    let len = key.chars().count();
+    if len < MIN_SIGNING_KEY_LEN {
+        return Some(format!(
+            "is {len} characters long; it must be at least {MIN_SIGNING_KEY_LEN} characters of random text (`openssl rand -hex 32`)"
+        ));
+    }
+    // Shannon entropy of the characters' distribution: random hex carries about 4 bits a
+    // character, base64 about 6; a repeated pattern or a word repeated carries little.
+    let mut counts = std::collections::HashMap::<char, usize>::new();
+    for c in key.chars() {
+        *counts.entry(c).or_default() += 1;
+    }
+    let n = len as f64;
+    let bits_per_char: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    if counts.len() < 10 || bits_per_char < 3.0 {
+        return Some(format!(
+            "has too little entropy ({} distinct characters, {bits_per_char:.1} bits per character); use random text (`openssl rand -hex 32`)",
+            counts.len()
+        ));
+    }
+    None
+}
+
+/// One entry of `worker.approvers` or `worker.allowed_users`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UserEntry {
+    /// A username (lower case, without `@`), pinned by the gateway to the id it names.
+    Name(String),
+    /// A Mattermost user id (`id:<id>`).
+    Id(String),
+}
+
+impl UserEntry {
+    /// Parses `alice`, `@alice` or `id:<id>`; `None` if it is neither a Mattermost
+    /// username (letters, digits, `.`, `-`, `_`; at most 64) nor a valid id.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Some(id) = text.strip_prefix("id:") {
+            let id = proto::UserId::parse(id.trim()).ok()?;
+            return Some(UserEntry::Id(id.0));
+        }
+        let name = text.trim_start_matches('@').to_ascii_lowercase();
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
+        ok.then_some(UserEntry::Name(name))
+    }
+}
+
 /// Where configuration comes from, in increasing precedence after the defaults.
 #[derive(Debug, Default, Clone)]
 pub struct Sources {
@@ -789,6 +885,30 @@ impl Config {
                 ));
             }
         }
+        if let Some(reason) = signing_key_weakness(self.gateway.signing_key.expose()) {
+            return Err(Error::invalid("gateway.signing_key", reason));
+        }
+        if self.gateway.directory_refresh_s == 0 {
+            return Err(Error::invalid(
+                "gateway.directory_refresh_s",
+                "must be at least 1",
+            ));
+        }
+        for (key, list) in [
+            ("worker.approvers", &self.worker.approvers),
+            ("worker.allowed_users", &self.worker.allowed_users),
+        ] {
+            for entry in list {
+                if UserEntry::parse(entry).is_none() {
+                    return Err(Error::invalid(
+                        key,
+                        format!(
+                            "entries must be usernames (`alice`, `@alice`) or user ids (`id:<26 lowercase letters and digits>`); got {entry:?}"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.gateway.coalesce_interval_ms == 0 {
             return Err(Error::invalid(
                 "gateway.coalesce_interval_ms",
@@ -814,6 +934,19 @@ impl Config {
                 "worker.permission_mode",
                 "must be default, acceptEdits, plan, bypassPermissions or dontAsk",
             ));
+        }
+        if self.worker.runtime == RuntimeKind::Process
+            && self.worker.permission_mode == "bypassPermissions"
+        {
+            return Err(Error::invalid(
+                "worker.permission_mode",
+                "cannot be bypassPermissions with the process runtime: it has no sandbox (the agent runs as the worker's user, with its files, network and credentials), so every command the agent chose would run unasked on this machine; use the docker runtime for bypassPermissions",
+            ));
+        }
+        if !self.worker.id.is_empty()
+            && let Err(err) = proto::WorkerId::parse(&self.worker.id)
+        {
+            return Err(Error::invalid("worker.id", err.to_string()));
         }
         if self.worker.warm_pool > 64 {
             return Err(Error::invalid("worker.warm_pool", "must be at most 64"));

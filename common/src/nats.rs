@@ -117,6 +117,8 @@ pub struct Fabric {
     pub leases: kv::Store,
     pub workers: kv::Store,
     pub posts: kv::Store,
+    /// Configured users pinned to their ids (`proto::kv::Directory`), kept by gateways.
+    pub directory: kv::Store,
 }
 
 /// The configuration of a pull consumer that several processes share (the workers' claim
@@ -223,6 +225,8 @@ pub async fn ensure_fabric(
     // Leases and heartbeats lapse unless renewed.
     let leases = ensure_bucket(&js, bucket(names.leases_bucket(), topology.lease_ttl)).await?;
     let workers = ensure_bucket(&js, bucket(names.workers_bucket(), topology.lease_ttl)).await?;
+    // Pins are kept until replaced: a lost pin would be re-resolved by name.
+    let directory = ensure_bucket(&js, bucket(names.directory_bucket(), Duration::ZERO)).await?;
     Ok(Fabric {
         js,
         events,
@@ -232,6 +236,7 @@ pub async fn ensure_fabric(
         leases,
         workers,
         posts,
+        directory,
     })
 }
 

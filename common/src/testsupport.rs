@@ -112,10 +112,7 @@ impl Services {
                 self.var("S3_SECRET_ACCESS_KEY"),
             ),
             ("object_store.prefix".into(), format!("test/{prefix}")),
-            (
-                "gateway.signing_key".into(),
-                format!("test-signing-key-{prefix}"),
-            ),
+            ("gateway.signing_key".into(), random_signing_key()),
         ];
         Config::load(&Sources {
             file: None,
@@ -124,6 +121,15 @@ impl Services {
         })
         .expect("test configuration is valid")
     }
+}
+
+/// A signing key as an operator makes one (`openssl rand -hex 32`): 64 random hex digits.
+pub fn random_signing_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// A unique, subject-safe name for one test's resources.

@@ -22,6 +22,13 @@ pub enum Error {
     Store(#[source] object_store::Error),
 }
 
+impl Error {
+    /// An id in a request that cannot be one (`proto::ids`): 400, saying which and why.
+    pub fn bad_id(err: proto::IdError) -> Self {
+        Error::BadRequest(err.to_string())
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, body) = match &self {

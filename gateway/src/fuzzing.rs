@@ -8,7 +8,7 @@
 //! corpora. Not an API: nothing else may call them.
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use common::signing::{ActionClaims, LinkClaims, Signer};
+use common::signing::{ActionClaims, DialogClaims, LinkClaims, Purpose, Signer};
 use proto::commands;
 use serde_json::{Value, json};
 
@@ -142,6 +142,12 @@ pub fn dialog(data: &[u8]) {
         assert!(claims.expires_at_s >= NOW_S);
         assert!(
             Signer::new(b"another key")
+                .verify::<DialogClaims>(&request.state, NOW_S)
+                .is_err()
+        );
+        // A dialog state is no button context.
+        assert!(
+            signer
                 .verify::<ActionClaims>(&request.state, NOW_S)
                 .is_err()
         );
@@ -212,7 +218,12 @@ pub fn signed_token(data: &[u8]) {
     let signer = Signer::new(KEY);
     let link = mode % 3 == 0;
     let signed = claims_of(rest, link);
-    let token = signer.sign(&signed);
+    let purpose = match mode % 3 {
+        0 => Purpose::ArtifactLink,
+        1 => Purpose::ButtonContext,
+        _ => Purpose::DialogState,
+    };
+    let token = signer.sign_for(purpose, &signed);
     match mode % 3 {
         0 => {
             let expected = serde_json::from_value::<LinkClaims>(signed.clone())
@@ -262,6 +273,17 @@ pub fn signed_token(data: &[u8]) {
     {
         assert!(signer.verify::<LinkClaims>(&forged, NOW_S).is_err());
         assert!(signer.verify::<ActionClaims>(&forged, NOW_S).is_err());
+        assert!(signer.verify::<DialogClaims>(&forged, NOW_S).is_err());
+    }
+    // Signed for one purpose, never valid for another.
+    if purpose != Purpose::ArtifactLink {
+        assert!(signer.verify::<LinkClaims>(&token, NOW_S).is_err());
+    }
+    if purpose != Purpose::ButtonContext {
+        assert!(signer.verify::<ActionClaims>(&token, NOW_S).is_err());
+    }
+    if purpose != Purpose::DialogState {
+        assert!(signer.verify::<DialogClaims>(&token, NOW_S).is_err());
     }
 }
 

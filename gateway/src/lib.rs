@@ -4,7 +4,9 @@
 //! command, button actions, dialog submissions) into `proto` chat events on JetStream;
 //! egress applies workers' reply operations to Mattermost's REST API within its limits;
 //! artifact links are served from the object store; the admin API (`/admin/v1`, see
-//! [`admin`]) shows the fleet to operators and forwards their commands to workers.
+//! [`admin`]) shows the fleet to operators and forwards their commands to workers; the
+//! configured approvers and allowed users are pinned to Mattermost user ids for workers
+//! ([`directory`]), since workers never call Mattermost.
 //!
 //! Invariants: the gateway holds no session state — any replica may die at any time; what
 //! must outlive a request lives in JetStream and its KV buckets. It acknowledges Mattermost
@@ -14,6 +16,7 @@
 pub mod admin;
 pub mod artifacts;
 pub mod ctl;
+pub mod directory;
 pub mod egress;
 pub mod error;
 #[doc(hidden)]
@@ -186,6 +189,26 @@ impl Gateway {
     ) -> Result<(), Error> {
         let state = self.state.clone();
         let mut tasks = tokio::task::JoinSet::new();
+        // The directory workers authorize by: refreshed once before any event is taken
+        // (bounded, so Mattermost being slow delays nothing for long), then periodically.
+        let directory = directory::Directory::from_config(
+            &state.config,
+            self.fabric.directory.clone(),
+            state.mattermost.clone(),
+        );
+        if !directory.entries.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(10), directory.refresh_once()).await {
+                Ok(Ok(refreshed)) => refreshed.notes.iter().for_each(directory::log),
+                Ok(Err(err)) => tracing::warn!(
+                    error = %common::error_chain(&err),
+                    "could not resolve the configured users at start; retrying in the background"
+                ),
+                Err(_) => tracing::warn!(
+                    "resolving the configured users took over 10 s; retrying in the background"
+                ),
+            }
+        }
+        tasks.spawn(directory.run(shutdown.clone()));
         if self.options.websocket {
             // Checked once here, so a bad URL fails the start instead of a restart loop.
             drop(ws_listener(&state)?);

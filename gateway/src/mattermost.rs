@@ -208,6 +208,41 @@ impl Client {
         })
     }
 
+    /// The users with these usernames (`POST /users/usernames`); names nobody has are
+    /// left out of the answer.
+    pub async fn users_by_usernames(&self, usernames: &[String]) -> Result<Vec<User>, Error> {
+        let call = "get users by usernames";
+        let (response, _) = self
+            .call(
+                call,
+                Method::POST,
+                "/users/usernames",
+                Some(serde_json::json!(usernames)),
+            )
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|source| Error::Body { call, source })
+    }
+
+    /// The users with these ids (`POST /users/ids`); unknown ids are left out.
+    pub async fn users_by_ids(&self, ids: &[String]) -> Result<Vec<User>, Error> {
+        let call = "get users by ids";
+        let (response, _) = self
+            .call(
+                call,
+                Method::POST,
+                "/users/ids",
+                Some(serde_json::json!(ids)),
+            )
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|source| Error::Body { call, source })
+    }
+
     /// A file's name (`GET /files/{id}/info`).
     pub async fn file_name(&self, file_id: &str) -> Result<String, Error> {
         let (response, _) = self

@@ -151,21 +151,25 @@ impl Publisher {
 
     /// Whether the bot takes part in `thread`. A read error is an error, never "no": the
     /// caller retries rather than dropping a reply in a session's thread.
-    pub async fn in_thread(&self, thread: &str) -> Result<bool, Error> {
+    pub async fn in_thread(&self, thread: &ThreadId) -> Result<bool, Error> {
         self.posts
-            .get(names::joined_thread_key(&ThreadId::from(thread)))
+            .get(names::joined_thread_key(thread))
             .await
             .map(|entry| entry.is_some())
             .map_err(Error::Membership)
     }
 
     /// The thread a post of the bot's belongs to, if the bot wrote it.
-    pub async fn thread_of_post(&self, post_id: &str) -> Result<Option<ThreadId>, Error> {
+    pub async fn thread_of_post(&self, post_id: &PostId) -> Result<Option<ThreadId>, Error> {
         let entry = self
             .posts
-            .get(names::post_thread_key(&PostId::from(post_id)))
+            .get(names::post_thread_key(post_id))
             .await
             .map_err(Error::Membership)?;
-        Ok(entry.and_then(|bytes| std::str::from_utf8(&bytes).ok().map(ThreadId::from)))
+        Ok(entry.and_then(|bytes| {
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| ThreadId::parse(t).ok())
+        }))
     }
 }

@@ -26,5 +26,7 @@ pub mod v1;
 pub use envelope::{
     CURRENT, Envelope, Error, Kind, MIN_SUPPORTED, Message, pin_write_version, write_version,
 };
-pub use ids::{ChannelId, FileId, LocalRef, PostId, SessionId, ThreadId, UserId, WorkerId};
+pub use ids::{
+    ChannelId, FileId, IdError, LocalRef, PostId, SessionId, ThreadId, UserId, WorkerId,
+};
 pub use v1::{ChatEvent, ReplyOp};

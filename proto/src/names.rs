@@ -1,8 +1,9 @@
 //! Every NATS subject, stream, consumer and KV bucket name, in one place.
 //!
 //! Names hang off a prefix so that several fleets (or several tests) can share one NATS
-//! server without seeing each other. Subject tokens are Mattermost ids (lowercase
-//! alphanumerics), which are valid subject tokens as they are.
+//! server without seeing each other. Subject tokens and key parts are typed ids; an id
+//! from outside is read with its `parse` ([`crate::ids::check_token`]: no `.`, `*`, `>`,
+//! whitespace, nothing empty or over-long), so no input can add a token or a wildcard.
 //!
 //! The keys inside the posts bucket are a contract too (the gateway writes them, the
 //! worker reads some back, and a running fleet's bucket holds them across upgrades), so
@@ -172,7 +173,17 @@ impl Names {
     pub fn workers_bucket(&self) -> String {
         format!("{}_workers", self.prefix)
     }
+
+    /// The KV bucket of the user directory the gateway keeps for workers (workers never
+    /// call Mattermost): configured approvers and allowed users, pinned to user ids
+    /// ([`crate::kv::Directory`] under [`DIRECTORY_KEY`]).
+    pub fn directory_bucket(&self) -> String {
+        format!("{}_directory", self.prefix)
+    }
 }
+
+/// Directory-bucket key of the configured users' pins ([`crate::kv::Directory`]).
+pub const DIRECTORY_KEY: &str = "configured-users";
 
 /// Posts-bucket key marking a thread the bot takes part in (value `1`), so later replies
 /// in it are forwarded.

@@ -1,23 +1,33 @@
 //! Who may use Claude, and the session commands people type in a thread. Sans-IO.
+//! People are judged by Mattermost user id, never by name (names can be changed and
+//! taken over); configured names become ids in `crate::directory`.
+
+use std::collections::BTreeSet;
 
 use common::config::WorkerConfig;
+use proto::UserId;
 use proto::commands::{self, Action};
+use proto::v1::User;
 
 use crate::render;
 
 /// Why someone may not start or use a session, as the polite text the thread shows.
-pub fn refusal(config: &WorkerConfig, username: &str, channel: &str) -> Option<String> {
+/// `allowed` is who `worker.allowed_users` stands for, by user id (`None`: everyone; see
+/// `crate::directory`): the user is judged by id, the name only shown.
+pub fn refusal(
+    config: &WorkerConfig,
+    user: &User,
+    channel: &str,
+    allowed: Option<&BTreeSet<UserId>>,
+) -> Option<String> {
     if !config.allowed_channels.is_empty() && !config.allowed_channels.iter().any(|c| c == channel)
     {
         return Some(render::not_allowed_channel());
     }
-    if !config.allowed_users.is_empty()
-        && !config
-            .allowed_users
-            .iter()
-            .any(|u| u.trim_start_matches('@') == username)
+    if let Some(allowed) = allowed
+        && !allowed.contains(&user.id)
     {
-        return Some(render::not_allowed_user(username));
+        return Some(render::not_allowed_user(&user.username));
     }
     None
 }
@@ -159,16 +169,33 @@ mod tests {
         }
     }
 
+    fn user(id: &str, name: &str) -> User {
+        User {
+            id: UserId::from(id),
+            username: name.into(),
+        }
+    }
+
     #[test]
-    fn empty_lists_allow_everyone() {
+    fn empty_lists_allow_everyone_and_users_are_judged_by_id() {
         let mut config: WorkerConfig = common::config::Config::load(&Default::default())
             .expect("defaults load")
             .worker;
-        assert_eq!(refusal(&config, "bob", "c1"), None);
-        config.allowed_users = vec!["alice".into()];
-        assert!(refusal(&config, "bob", "c1").is_some());
-        assert_eq!(refusal(&config, "alice", "c1"), None);
+        assert_eq!(refusal(&config, &user("u2", "bob"), "c1", None), None);
+        let allowed = BTreeSet::from([UserId::from("u1")]);
+        assert!(refusal(&config, &user("u2", "bob"), "c1", Some(&allowed)).is_some());
+        assert_eq!(
+            refusal(&config, &user("u1", "alice"), "c1", Some(&allowed)),
+            None
+        );
+        // Someone who took alice's old name is still not alice.
+        assert!(refusal(&config, &user("u9", "alice"), "c1", Some(&allowed)).is_some());
+        // And alice renamed is still alice.
+        assert_eq!(
+            refusal(&config, &user("u1", "alice2"), "c1", Some(&allowed)),
+            None
+        );
         config.allowed_channels = vec!["c2".into()];
-        assert!(refusal(&config, "alice", "c1").is_some());
+        assert!(refusal(&config, &user("u1", "alice"), "c1", Some(&allowed)).is_some());
     }
 }

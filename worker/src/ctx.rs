@@ -24,6 +24,8 @@ pub struct Ctx {
     pub store: common::store::Store,
     pub runtime: Runtime,
     pub signer: common::signing::Signer,
+    /// Configured approvers and allowed users by user id (the gateway's pins).
+    pub directory: crate::directory::Directory,
     pub claimer: Mutex<Claimer>,
     /// Signalled when a slot frees up.
     pub slot_freed: Notify,

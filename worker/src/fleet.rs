@@ -52,6 +52,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "gateway.signing_key is not set: the worker signs the buttons it posts and the gateway verifies them with the same key"
+    )]
+    NoSigningKey,
     #[error("could not open consumer {consumer}")]
     Consumer {
         consumer: String,
@@ -72,6 +76,26 @@ pub const SLOTS_DIR: &str = ".worker-slots";
 /// Slots tried before giving up.
 const MAX_SLOTS: usize = 1024;
 
+/// A host name as an id token: anything an id may not hold becomes `-`.
+fn host_token(host: &str) -> String {
+    let token: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(proto::ids::MAX_ID_LEN - 8)
+        .collect();
+    if token.is_empty() {
+        "worker".to_owned()
+    } else {
+        token
+    }
+}
+
 /// The worker id: `worker.id` when set; else `<hostname>-<n>`, stable across restarts.
 ///
 /// `n` is the lowest slot `<sessions_dir>/.worker-slots/<n>.lock` no other live process
@@ -80,12 +104,15 @@ const MAX_SLOTS: usize = 1024;
 /// sessions directory get different ids, and a restarted worker gets its id back (the
 /// lowest free slot: with several workers restarting at once two may swap ids, which is
 /// harmless — an id names a live process, and each restart cleans up after its id).
+/// A host name's dots (a fully qualified name) and anything else an id may not hold
+/// become `-`, so the id is a subject token (`proto::ids`).
 pub fn worker_id(
     configured: &str,
     host: &str,
     sessions_dir: &std::path::Path,
 ) -> Result<(WorkerId, Option<std::fs::File>), Error> {
     if !configured.is_empty() {
+        // Checked with the configuration (`worker.id`).
         return Ok((WorkerId::new(configured.to_owned()), None));
     }
     let dir = sessions_dir.join(SLOTS_DIR);
@@ -102,7 +129,12 @@ pub fn worker_id(
             .open(dir.join(format!("{n}.lock")))
             .map_err(error)?;
         match file.try_lock() {
-            Ok(()) => return Ok((WorkerId::new(format!("{host}-{n}")), Some(file))),
+            Ok(()) => {
+                return Ok((
+                    WorkerId::new(format!("{}-{n}", host_token(host))),
+                    Some(file),
+                ));
+            }
             Err(std::fs::TryLockError::WouldBlock) => continue,
             Err(std::fs::TryLockError::Error(err)) => return Err(error(err)),
         }
@@ -116,6 +148,11 @@ pub use crate::runtime::hostname;
 
 impl Worker {
     pub async fn build(config: Config) -> Result<Self, Error> {
+        // A weak key was refused with the configuration; an empty one only here, since
+        // tools that sign nothing load the same configuration.
+        if config.gateway.signing_key.is_empty() {
+            return Err(Error::NoSigningKey);
+        }
         let (id, slot) = worker_id(&config.worker.id, &hostname(), &config.worker.sessions_dir)?;
         let nats = common::nats::connect(&config.nats, id.as_str()).await?;
         let lease_ttl = Duration::from_secs(config.worker.lease_ttl_s);
@@ -151,6 +188,7 @@ impl Worker {
         }
         let ctx = Ctx {
             signer: common::signing::Signer::new(config.gateway.signing_key.expose().as_bytes()),
+            directory: crate::directory::Directory::new(fabric.directory.clone()),
             claimer: Mutex::new(Claimer::new(id.clone(), config.worker.max_sessions)),
             names: topology.names.clone(),
             records: Records::new(pool),
@@ -399,6 +437,11 @@ mod tests {
         let (configured, slot) = worker_id("w-7", "host-a", dir.path()).unwrap();
         assert_eq!(configured.as_str(), "w-7");
         assert!(slot.is_none());
+        // A fully qualified host name still makes an id that is one subject token.
+        let other = tempfile::tempdir().unwrap();
+        let (fqdn, _fqdn_slot) = worker_id("", "node-1.example.com", other.path()).unwrap();
+        assert_eq!(fqdn.as_str(), "node-1-example-com-1");
+        assert_eq!(fqdn.check(), Ok(()));
     }
 
     #[test]

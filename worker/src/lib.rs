@@ -10,11 +10,13 @@ pub mod agent;
 pub mod approvals;
 pub mod claim;
 pub mod ctx;
+pub mod directory;
 pub mod egress;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod prompt;
 pub mod records;
 pub mod render;
 pub mod replies;

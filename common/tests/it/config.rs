@@ -323,3 +323,110 @@ fn a_bad_repository_is_reported_with_its_key() {
         assert!(err.to_string().contains(key), "{key}: {err}\n{text}");
     }
 }
+
+#[test]
+fn bypass_permissions_is_refused_with_the_process_runtime_only() {
+    let err = load(
+        &[],
+        &[
+            ("worker.runtime", "process"),
+            ("worker.permission_mode", "bypassPermissions"),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid { key, reason } if key == "worker.permission_mode" && reason.contains("no sandbox")),
+        "{err}"
+    );
+    for mode in ["default", "acceptEdits", "plan"] {
+        load(
+            &[],
+            &[
+                ("worker.runtime", "process"),
+                ("worker.permission_mode", mode),
+            ],
+        )
+        .unwrap();
+    }
+    load(
+        &[],
+        &[
+            ("worker.runtime", "docker"),
+            ("worker.permission_mode", "bypassPermissions"),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn weak_signing_keys_are_refused_and_random_ones_accepted() {
+    for weak in [
+        "short",
+        "0123456789abcdef0123456789abcde",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "abcabcabcabcabcabcabcabcabcabcabcabcabc",
+        "signing-key-of-at-least-32-bytes-long",
+        "please-CHANGEME-before-deploying-this-0123456789",
+    ] {
+        let err = load(&[], &[("gateway.signing_key", weak)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { key, .. } if key == "gateway.signing_key"),
+            "{weak}: {err}"
+        );
+        assert!(!err.to_string().contains(weak), "the key is never printed");
+    }
+    for strong in [
+        common::testsupport::random_signing_key(),
+        "Zq3vN8pX2rT6wY1bK5mH9jL4cF7dS0aGe".to_owned(),
+    ] {
+        load(&[], &[("gateway.signing_key", &strong)]).unwrap();
+    }
+    // Empty is for tools that sign nothing; the gateway and the worker refuse it at start.
+    load(&[], &[("gateway.signing_key", "")]).unwrap();
+}
+
+#[test]
+fn approvers_and_allowed_users_are_usernames_or_ids() {
+    let config = load(
+        &[(
+            "CCFLEET__WORKER__APPROVERS",
+            "@Carol,bob.smith,id:k7yq3nbgwjbsdgoqhfbnwz1n3r",
+        )],
+        &[],
+    )
+    .unwrap();
+    let entries: Vec<_> = config
+        .worker
+        .approvers
+        .iter()
+        .map(|e| common::config::UserEntry::parse(e).unwrap())
+        .collect();
+    use common::config::UserEntry::{Id, Name};
+    assert_eq!(
+        entries,
+        vec![
+            Name("carol".into()),
+            Name("bob.smith".into()),
+            Id("k7yq3nbgwjbsdgoqhfbnwz1n3r".into())
+        ]
+    );
+    for bad in ["id:a.b", "id:", "al ice", "*"] {
+        let err = load(&[("CCFLEET__WORKER__ALLOWED_USERS", bad)], &[]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { key, .. } if key == "worker.allowed_users"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_id_must_be_a_subject_token() {
+    load(&[], &[("worker.id", "worker-1")]).unwrap();
+    for bad in ["host.example.com-1", "a b", "w*", "w>"] {
+        let err = load(&[], &[("worker.id", bad)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { key, .. } if key == "worker.id"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -1,11 +1,11 @@
-//! Golden signed tokens: a button or a link signed by a gateway or worker of this version
-//! is verified by every later one (buttons outlive deployments: a prompt posted before an
+//! Golden signed tokens: a button, dialog state or link signed by a gateway or worker of
+//! this version is verified by every later one (buttons outlive deployments: a prompt posted before an
 //! upgrade is clicked after it). `CCFLEET_BLESS=1` writes a missing file, never an
 //! existing one.
 
 use std::path::{Path, PathBuf};
 
-use common::signing::{ActionClaims, LinkClaims, Signer};
+use common::signing::{ActionClaims, DialogClaims, LinkClaims, Signer};
 
 const KEY: &[u8] = b"golden-signing-key";
 
@@ -27,32 +27,84 @@ fn golden(name: &str, token: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn a_released_button_context_is_verified_and_signed_the_same() {
-    let claims = ActionClaims {
+fn action_claims() -> ActionClaims {
+    ActionClaims {
         thread: "t1".into(),
         channel: "c1".into(),
         action: "allow".into(),
         data: r#"{"approval":"a1","step":0}"#.into(),
         expires_at_s: 4_000_000_000,
-    };
+    }
+}
+
+fn link_claims() -> LinkClaims {
+    LinkClaims {
+        thread: "t1".into(),
+        prefix: "turn-3/".into(),
+        expires_at_s: 4_000_000_000,
+    }
+}
+
+/// The first format (no purpose): still verified for what it was signed for, never signed.
+#[test]
+fn a_first_format_button_context_and_link_still_verify_for_their_own_purpose() {
     let signer = Signer::new(KEY);
-    let token = golden("action_token.txt", &signer.sign(&claims));
+    let button = golden("action_token.txt", "");
+    let verified: ActionClaims = signer.verify(&button, 1_700_000_000).unwrap();
+    assert_eq!(verified, action_claims());
+    assert!(
+        signer
+            .verify::<DialogClaims>(&button, 1_700_000_000)
+            .is_err()
+    );
+    assert!(signer.verify::<LinkClaims>(&button, 1_700_000_000).is_err());
+    let link = golden("link_token.txt", "");
+    let verified: LinkClaims = signer.verify(&link, 1_700_000_000).unwrap();
+    assert_eq!(verified, link_claims());
+    assert!(signer.verify::<ActionClaims>(&link, 1_700_000_000).is_err());
+}
+
+#[test]
+fn a_released_button_context_is_verified_and_signed_the_same() {
+    let claims = action_claims();
+    let signer = Signer::new(KEY);
+    let token = golden("action_token_v2.txt", &signer.sign(&claims));
     let verified: ActionClaims = signer.verify(&token, 1_700_000_000).unwrap();
     assert_eq!(verified, claims);
     assert_eq!(signer.sign(&claims), token, "the token format changed");
+    assert!(
+        signer
+            .verify::<DialogClaims>(&token, 1_700_000_000)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_released_dialog_state_is_verified_and_signed_the_same() {
+    let claims = DialogClaims(action_claims());
+    let signer = Signer::new(KEY);
+    let token = golden("dialog_token_v2.txt", &signer.sign(&claims));
+    let verified: DialogClaims = signer.verify(&token, 1_700_000_000).unwrap();
+    assert_eq!(verified, claims);
+    assert_eq!(signer.sign(&claims), token, "the token format changed");
+    assert!(
+        signer
+            .verify::<ActionClaims>(&token, 1_700_000_000)
+            .is_err()
+    );
 }
 
 #[test]
 fn a_released_link_token_is_verified_and_signed_the_same() {
-    let claims = LinkClaims {
-        thread: "t1".into(),
-        prefix: "turn-3/".into(),
-        expires_at_s: 4_000_000_000,
-    };
+    let claims = link_claims();
     let signer = Signer::new(KEY);
-    let token = golden("link_token.txt", &signer.sign(&claims));
+    let token = golden("link_token_v2.txt", &signer.sign(&claims));
     let verified: LinkClaims = signer.verify(&token, 1_700_000_000).unwrap();
     assert_eq!(verified, claims);
     assert_eq!(signer.sign(&claims), token, "the token format changed");
+    assert!(
+        signer
+            .verify::<ActionClaims>(&token, 1_700_000_000)
+            .is_err()
+    );
 }

@@ -229,7 +229,9 @@ async fn lease_holder(
     leases: &async_nats::jetstream::kv::Store,
     thread: &str,
 ) -> Result<Option<WorkerId>, Error> {
-    let value = leases.get(thread).await.map_err(nats_error)?;
+    // A key from a request's path: checked before it names a key (`proto::ids`).
+    let thread = ThreadId::parse(thread).map_err(|err| Error::BadRequest(err.to_string()))?;
+    let value = leases.get(thread.as_str()).await.map_err(nats_error)?;
     Ok(value.map(|v| proto::kv::lease_holder(&v)))
 }
 
@@ -253,7 +255,10 @@ async fn send_stop(
         .unwrap_or_default();
     let event = ChatEvent {
         event_id: format!("admin-stop:{}", uuid::Uuid::new_v4()),
-        thread: ThreadId::new(session.thread_id.clone()),
+        // From the record, which took them from checked events; checked again because
+        // they name the events subject.
+        thread: ThreadId::parse(session.thread_id.as_str())
+            .map_err(|err| Error::BadRequest(err.to_string()))?,
         channel: ChannelId::new(session.channel_id.clone()),
         user: proto::v1::User {
             id: UserId::new(format!("admin:{}", caller.name)),
@@ -424,6 +429,9 @@ async fn drain(
     let caller = admin
         .caller(&headers, AdminScope::Admin, "drain", &id)
         .await?;
+    // A subject token from the request's path: checked before it names a subject.
+    let worker = WorkerId::parse(id.as_str())
+        .map_err(|err| Error::NotFound(format!("no worker {id:?}: {err}")))?;
     let record = admin.record()?;
     let audit = record
         .audit(&caller.name, "drain", &id, "requested")
@@ -431,9 +439,7 @@ async fn drain(
     let command = proto::control::WorkerCommand::Drain {
         by: caller.name.clone(),
     };
-    let subject = state
-        .names
-        .worker_control_subject(&WorkerId::new(id.clone()));
+    let subject = state.names.worker_control_subject(&worker);
     let answer = tokio::time::timeout(
         DRAIN_TIMEOUT,
         state.nats.request(subject, command.encode().into()),

@@ -882,12 +882,28 @@ impl Egress {
 
     async fn remember(&self, known: &mut Known, key: String, post_id: &str, thread: &ThreadId) {
         // Both writes are retried by the next redelivery's lookup if they fail; log once.
+        // The post id comes from Mattermost's answer: checked before it names a key.
+        let by_post = async {
+            match PostId::parse(post_id) {
+                Ok(post) => self
+                    .posts
+                    .put(names::post_thread_key(&post), thread.to_string().into())
+                    .await
+                    .map(|_| ()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "Mattermost answered a post id that is not one; reactions on it will not be routed");
+                    Ok(())
+                }
+            }
+        };
         let (by_ref, by_post) = tokio::join!(
-            self.posts.put(&key, post_id.to_owned().into()),
-            self.posts.put(
-                names::post_thread_key(&PostId::from(post_id)),
-                thread.to_string().into()
-            ),
+            async {
+                self.posts
+                    .put(&key, post_id.to_owned().into())
+                    .await
+                    .map(|_| ())
+            },
+            by_post,
         );
         if let Err(err) = by_ref.and(by_post) {
             tracing::warn!(error = %err, key, "could not record post reference");

@@ -6,12 +6,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use common::signing::{ActionClaims, Signer};
+use common::signing::{ActionClaims, DialogClaims, Signer};
 use proto::commands;
 use proto::v1::{
     ButtonAction, DialogSubmission, EventBody, MessagePosted, SlashCommand, Source, User,
 };
-use proto::{ChatEvent, PostId, ThreadId};
+use proto::{ChannelId, ChatEvent, PostId, ThreadId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -51,9 +51,15 @@ async fn root_of(
     loop {
         tries += 1;
         match state.mattermost.get_post(post.as_str()).await {
-            Ok(found) => {
-                return Ok((!found.root_id.is_empty()).then(|| PostId::new(found.root_id)));
-            }
+            Ok(found) if found.root_id.is_empty() => return Ok(None),
+            Ok(found) => match PostId::parse(found.root_id) {
+                Ok(root) => return Ok(Some(root)),
+                // Mattermost never sends one; a post without a usable root is a root.
+                Err(err) => {
+                    tracing::warn!(error = %err, post = %post, "webhook post's root is not an id");
+                    return Ok(None);
+                }
+            },
             Err(err) if err.is_retryable() && tries < 5 => {
                 tokio::time::sleep(wait).await;
                 wait *= 2;
@@ -162,7 +168,12 @@ pub async fn outgoing_webhook(
     }
     let create_at_ms = request.create_at_ms(is_json(&headers));
     let file_ids = request.file_ids();
-    let post_id = PostId::new(request.post_id);
+    for file in &file_ids {
+        file.check().map_err(Error::bad_id)?;
+    }
+    let post_id = PostId::parse(request.post_id).map_err(Error::bad_id)?;
+    let channel = ChannelId::parse(request.channel_id).map_err(Error::bad_id)?;
+    let user_id = UserId::parse(request.user_id).map_err(Error::bad_id)?;
     // Outgoing webhooks do not say whether the post is a reply: Mattermost does. The same
     // post may also come over the WebSocket, with the same dedupe id: both must name the
     // same thread, or whichever came first would decide.
@@ -177,9 +188,9 @@ pub async fn outgoing_webhook(
     let event = ChatEvent {
         event_id: post_id.to_string(),
         thread: thread.clone(),
-        channel: request.channel_id.as_str().into(),
+        channel,
         user: User {
-            id: request.user_id.as_str().into(),
+            id: user_id,
             username: request.user_name,
         },
         received_at_ms: common::now_ms(),
@@ -314,8 +325,10 @@ pub async fn slash_command(
             in_thread,
         } => (text.to_owned(), verb, in_thread),
     };
+    let channel = ChannelId::parse(request.channel_id.as_str()).map_err(Error::bad_id)?;
+    let user_id = UserId::parse(request.user_id.as_str()).map_err(Error::bad_id)?;
     let thread = if in_thread {
-        ThreadId::new(request.root_id.clone())
+        ThreadId::parse(request.root_id.as_str()).map_err(Error::bad_id)?
     } else {
         // A prompt outside a thread starts one: the bot posts the prompt as its root.
         let root = format!("@{} asked: {}", request.user_name, text);
@@ -325,14 +338,14 @@ pub async fn slash_command(
             .create_post(&request.channel_id, "", &root, None, &[], &pending)
             .await
             .map_err(Error::Mattermost)?;
-        ThreadId::new(post.id)
+        ThreadId::parse(post.id).map_err(Error::bad_id)?
     };
     let event = ChatEvent {
         event_id: format!("slash:{}", request.trigger_id),
         thread: thread.clone(),
-        channel: request.channel_id.as_str().into(),
+        channel,
         user: User {
-            id: request.user_id.as_str().into(),
+            id: user_id,
             username: request.user_name.clone(),
         },
         received_at_ms: common::now_ms(),
@@ -419,17 +432,21 @@ pub async fn action(
     } else {
         request.trigger_id.clone()
     };
+    let thread = ThreadId::parse(claims.thread.as_str()).map_err(Error::bad_id)?;
+    let channel = ChannelId::parse(request.channel_id.as_str()).map_err(Error::bad_id)?;
+    let user_id = UserId::parse(request.user_id.as_str()).map_err(Error::bad_id)?;
+    let post_id = PostId::parse(request.post_id.as_str()).map_err(Error::bad_id)?;
     let event = ChatEvent {
         event_id: format!("action:{}:{}:{trigger}", request.post_id, claims.action),
-        thread: ThreadId::new(claims.thread.clone()),
-        channel: request.channel_id.as_str().into(),
+        thread,
+        channel,
         user: User {
-            id: request.user_id.as_str().into(),
+            id: user_id,
             username: request.user_name,
         },
         received_at_ms: common::now_ms(),
         body: EventBody::ButtonAction(ButtonAction {
-            post_id: PostId::new(request.post_id),
+            post_id,
             action: claims.action,
             context_json: claims.data,
             trigger_id: (!request.trigger_id.is_empty()).then_some(request.trigger_id),
@@ -463,7 +480,8 @@ impl DialogRequest {
     /// The dialog's signed state, valid and unexpired at `now_s`.
     pub(crate) fn claims(&self, signer: &Signer, now_s: u64) -> Result<ActionClaims, Error> {
         signer
-            .verify(&self.state, now_s)
+            .verify::<DialogClaims>(&self.state, now_s)
+            .map(|claims| claims.0)
             .map_err(|_| Error::Forbidden("this dialog is no longer valid"))
     }
 
@@ -496,10 +514,10 @@ pub async fn dialog(
             request.user_id,
             common::now_ms()
         ),
-        thread: ThreadId::new(claims.thread.clone()),
-        channel: request.channel_id.as_str().into(),
+        thread: ThreadId::parse(claims.thread.as_str()).map_err(Error::bad_id)?,
+        channel: ChannelId::parse(request.channel_id.as_str()).map_err(Error::bad_id)?,
         user: User {
-            id: request.user_id.as_str().into(),
+            id: UserId::parse(request.user_id.as_str()).map_err(Error::bad_id)?,
             username: String::new(),
         },
         received_at_ms: common::now_ms(),

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use futures::StreamExt;
 use proto::v1::{EventBody, MessagePosted, Reaction, Source, User};
-use proto::{ChatEvent, PostId, ThreadId};
+use proto::{ChannelId, ChatEvent, FileId, PostId, ThreadId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -496,27 +496,38 @@ impl Listener {
             return Ok(None);
         }
         let direct = kind == "D";
-        let root = (!post.root_id.is_empty()).then(|| PostId::new(post.root_id.clone()));
+        // Checked before any of them names a subject or a key; Mattermost sends nothing
+        // else, so an event that fails is dropped with a warning.
+        let ids = checked_ids(&post);
+        let (post_id, root, channel, user_id, file_ids) = match ids {
+            Ok(ids) => ids,
+            Err(err) => {
+                tracing::warn!(error = %err, "dropped a post whose ids are not ids");
+                return Ok(None);
+            }
+        };
         let in_thread = match &root {
-            Some(root) => self.publisher.in_thread(root.as_str()).await?,
+            Some(root) => {
+                self.publisher
+                    .in_thread(&ThreadId::new(root.as_str()))
+                    .await?
+            }
             None => false,
         };
         if !(mentions_bot || direct || in_thread) {
             return Ok(None);
         }
-        let post_id = PostId::new(post.id.clone());
         let thread = ThreadId::of_post(&post_id, root.as_ref());
         if mentions_bot || direct {
             self.publisher.join_thread(&thread).await?;
         }
-        let file_ids: Vec<proto::FileId> = post.file_ids.iter().map(proto::FileId::new).collect();
         self.publisher.stage_files(&thread, &file_ids).await;
         Ok(Some(ChatEvent {
             event_id: post.id.clone(),
             thread,
-            channel: post.channel_id.as_str().into(),
+            channel,
             user: User {
-                id: post.user_id.as_str().into(),
+                id: user_id,
                 username,
             },
             received_at_ms: common::now_ms(),
@@ -534,7 +545,7 @@ impl Listener {
     }
 
     /// A user's name, looked up once and remembered (names rarely change; a stale one
-    /// only affects display and approver checks until the gateway restarts).
+    /// only affects what is shown: people are authorized by user id, see `directory`).
     async fn username(&self, user_id: &str) -> String {
         if let Some(name) = self.usernames.lock().expect("usernames lock").get(user_id) {
             return name.clone();
@@ -562,16 +573,26 @@ impl Listener {
         if reaction.user_id == self.bot_id {
             return Ok(None);
         }
-        let thread = match self.publisher.thread_of_post(&reaction.post_id).await? {
-            Some(thread) => thread,
-            None if self.publisher.in_thread(&reaction.post_id).await? => {
-                ThreadId::new(reaction.post_id.clone())
+        let ids = (
+            PostId::parse(reaction.post_id.clone()),
+            UserId::parse(reaction.user_id.clone()),
+            ChannelId::parse(envelope.channel_id()),
+        );
+        let (post_id, user_id, channel) = match ids {
+            (Ok(post), Ok(user), Ok(channel)) => (post, user, channel),
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+                tracing::warn!(error = %err, "dropped a reaction whose ids are not ids");
+                return Ok(None);
             }
+        };
+        let as_root = ThreadId::new(post_id.as_str());
+        let thread = match self.publisher.thread_of_post(&post_id).await? {
+            Some(thread) => thread,
+            None if self.publisher.in_thread(&as_root).await? => as_root,
             None => return Ok(None),
         };
         let added = envelope.event == "reaction_added";
-        let username = self.username(&reaction.user_id).await;
-        let channel = envelope.channel_id();
+        let username = self.username(user_id.as_str()).await;
         Ok(Some(ChatEvent {
             event_id: format!(
                 "reaction:{}:{}:{}:{}:{}",
@@ -582,20 +603,42 @@ impl Listener {
                 reaction.create_at
             ),
             thread,
-            channel: channel.into(),
+            channel,
             user: User {
-                id: reaction.user_id.as_str().into(),
+                id: user_id,
                 username,
             },
             received_at_ms: common::now_ms(),
             body: EventBody::Reaction(Reaction {
-                post_id: PostId::new(reaction.post_id),
+                post_id,
                 emoji: reaction.emoji_name,
                 added,
                 create_at_ms: reaction.create_at,
             }),
         }))
     }
+}
+
+/// The ids of a post, each checked as a subject token and key (`proto::ids`).
+type PostIds = (PostId, Option<PostId>, ChannelId, UserId, Vec<FileId>);
+
+fn checked_ids(post: &WirePost) -> Result<PostIds, proto::IdError> {
+    let root = match post.root_id.as_str() {
+        "" => None,
+        root => Some(PostId::parse(root)?),
+    };
+    let files = post
+        .file_ids
+        .iter()
+        .map(|f| FileId::parse(f.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        PostId::parse(post.id.as_str())?,
+        root,
+        ChannelId::parse(post.channel_id.as_str())?,
+        UserId::parse(post.user_id.as_str())?,
+        files,
+    ))
 }
 
 /// What the listener reads an event from.

@@ -72,6 +72,13 @@ async fn artifact_links_serve_files_and_refuse_tampering_expiry_and_traversal() 
         "{metrics}"
     );
 
+    // Claims of a link's shape signed for another purpose (a button's key) open nothing.
+    let other_purpose = signer.sign_for(common::signing::Purpose::ButtonContext, &claims);
+    let refused = reqwest::get(format!("{}/a/{other_purpose}/index.html", gw.url))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
     let page = reqwest::get(format!("{}/a/{token}/index.html", gw.url))
         .await
         .unwrap();

@@ -196,8 +196,50 @@ async fn a_forged_webhook_token_and_a_forged_action_context_are_rejected_with_no
         "nothing published"
     );
 
-    // The genuine article is accepted, and acknowledged only after JetStream had it.
     let signer = common::signing::Signer::new(config.gateway.signing_key.expose().as_bytes());
+    // Ids that would change a subject or key (a token separator, wildcards, whitespace) are
+    // refused before anything is published, even in a correctly signed click.
+    for (thread, post, user) in [
+        ("t1.evil", "p1", "u1"),
+        ("t1", "p1.>", "u1"),
+        ("t1", "p1", "u*"),
+        ("t1", "p1", "u 1"),
+        ("t1", "", "u1"),
+    ] {
+        let token = signer.sign(&common::signing::ActionClaims {
+            thread: thread.into(),
+            ..claims.clone()
+        });
+        let response = http
+            .post(format!("{}/hooks/action", gw.url))
+            .json(&json!({"user_id": user, "channel_id": "c1", "post_id": post, "trigger_id": "tr0", "context": {"token": token}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{thread} {post} {user}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("Id"), "the refusal names the id: {body}");
+    }
+    // A link token is no button context, whatever it carries.
+    let link = signer.sign(&common::signing::LinkClaims {
+        thread: "t1".into(),
+        prefix: String::new(),
+        expires_at_s: common::now_ms() / 1000 + 60,
+    });
+    let as_button = http
+        .post(format!("{}/hooks/action", gw.url))
+        .json(&json!({"user_id": "u1", "channel_id": "c1", "post_id": "p1", "context": {"token": link}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_button.status(), 403);
+    assert_eq!(
+        stream_messages(&nats, &names.events_stream()).await,
+        0,
+        "nothing published"
+    );
+
+    // The genuine article is accepted, and acknowledged only after JetStream had it.
     let ok = http
         .post(format!("{}/hooks/action", gw.url))
         .json(&json!({"user_id": "u1", "channel_id": "c1", "post_id": "p1", "trigger_id": "tr1", "context": {"token": signer.sign(&claims)}}))

@@ -420,6 +420,92 @@ pub(crate) async fn get_user_by_username(
     Ok(json(StatusCode::OK, store.user(id)?))
 }
 
+/// `POST /users/usernames`: the users with these names; names nobody has are left out.
+pub(crate) async fn users_by_usernames(
+    State(sh): State<Arc<Shared>>,
+    _auth: Auth,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let names: Vec<String> = parse(&body, "usernames")?;
+    let store = sh.read();
+    let users: Vec<&User> = names
+        .iter()
+        .filter_map(|name| store.usernames.get(&name.to_lowercase()))
+        .filter_map(|id| store.users.get(id).map(|r| &r.user))
+        .collect();
+    Ok(json(StatusCode::OK, &users))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PatchUser {
+    username: Option<String>,
+    nickname: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    position: Option<String>,
+}
+
+/// `PUT /users/{user_id}/patch`: the user themselves or a system admin
+/// (`edit_other_users`) changes the given fields; a new username must be free and valid.
+pub(crate) async fn patch_user(
+    State(sh): State<Arc<Shared>>,
+    auth: Auth,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let patch: PatchUser = parse(&body, "user")?;
+    let user_id = resolve_me(&auth, &user_id).to_owned();
+    let now = sh.now();
+    let mut store = sh.write();
+    if user_id != auth.user_id && !store.is_admin(&auth.user_id) {
+        return Err(forbidden());
+    }
+    let old = store.user(&user_id)?.username.clone();
+    let new_name = match patch.username {
+        Some(name) => {
+            let name = name.to_lowercase();
+            if !valid_name(&name, 3, 22, &['.', '-', '_']) {
+                return Err(ApiError::bad_request(
+                    "model.user.is_valid.username.app_error",
+                    "Username must begin with a letter, and contain between 3 to 22 lowercase characters made up of numbers, letters, and the symbols \".\", \"-\", and \"_\".",
+                ));
+            }
+            if name != old && store.usernames.contains_key(&name) {
+                return Err(ApiError::bad_request(
+                    "app.user.save.username_exists.app_error",
+                    "An account with that username already exists.",
+                ));
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    if let Some(name) = &new_name {
+        store.usernames.remove(&old);
+        store.usernames.insert(name.clone(), user_id.clone());
+    }
+    let rec = store.users.get_mut(&user_id).ok_or_else(|| {
+        ApiError::not_found("app.user.missing_account.const", "Unable to find the user.")
+    })?;
+    let user = &mut rec.user;
+    if let Some(name) = new_name {
+        user.username = name;
+    }
+    for (field, value) in [
+        (&mut user.nickname, patch.nickname),
+        (&mut user.first_name, patch.first_name),
+        (&mut user.last_name, patch.last_name),
+        (&mut user.position, patch.position),
+    ] {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    user.update_at = now;
+    Ok(json(StatusCode::OK, &rec.user))
+}
+
 pub(crate) async fn users_by_ids(
     State(sh): State<Arc<Shared>>,
     _auth: Auth,

@@ -343,6 +343,24 @@ impl User {
         .await
     }
 
+    /// `PUT /users/{id}/patch` with a new username (as the user or an admin).
+    pub async fn rename_user(&self, user_id: &str, username: &str) -> Result<UserModel> {
+        let body = json!({ "username": username });
+        self.req(
+            Method::PUT,
+            &format!("/api/v4/users/{user_id}/patch"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /users/usernames`: the users with these names.
+    pub async fn users_by_usernames(&self, usernames: &[&str]) -> Result<Vec<UserModel>> {
+        let body = json!(usernames);
+        self.req(Method::POST, "/api/v4/users/usernames", Some(&body))
+            .await
+    }
+
     /// `POST /users` as this (admin) user.
     pub async fn create_user(
         &self,

@@ -150,6 +150,8 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/api/v4/users/login", post(api::login))
         .route("/api/v4/users/logout", post(api::logout))
         .route("/api/v4/users/ids", post(api::users_by_ids))
+        .route("/api/v4/users/usernames", post(api::users_by_usernames))
+        .route("/api/v4/users/{user_id}/patch", put(api::patch_user))
         .route("/api/v4/users/{user_id}", get(api::get_user))
         .route(
             "/api/v4/users/username/{username}",

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use common::signing::{ActionClaims, LinkClaims, Signer};
+use common::signing::{ActionClaims, DialogClaims, LinkClaims, Signer};
 use gateway::fuzzing::{BOT_ID, KEY, NOW_S};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -437,11 +437,16 @@ fn write_seeds() {
         })
         .to_string()
     };
-    seeds.put("valid", submit(&valid, false));
-    seeds.put("cancelled", submit(&valid, true));
+    let dialog_state = signer.sign(&DialogClaims(action_claims(channel, NOW_S + 3600)));
+    seeds.put("valid", submit(&dialog_state, false));
+    seeds.put("cancelled", submit(&dialog_state, true));
+    seeds.put("button_context", submit(&valid, false));
     seeds.put(
         "expired",
-        submit(&signer.sign(&action_claims(channel, NOW_S - 1)), false),
+        submit(
+            &signer.sign(&DialogClaims(action_claims(channel, NOW_S - 1))),
+            false,
+        ),
     );
     seeds.put("bad_state", submit("eyJ0IjoiIn0.AAAA", false));
     seeds.put(

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use proto::kv::{Heartbeat, decimal, lease_holder};
+use proto::UserId;
+use proto::kv::{Directory, Heartbeat, Pin, decimal, lease_holder};
 
 fn data(name: &str) -> Vec<u8> {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,4 +43,36 @@ fn released_lease_and_applied_values_are_read() {
     );
     assert_eq!(decimal(&data("applied.txt")), Some(42));
     assert_eq!(decimal(b"x"), None);
+}
+
+#[test]
+fn a_released_directory_is_read_and_written_the_same() {
+    let golden = data("directory.json");
+    let directory = Directory::decode(&golden).expect("a released directory decodes");
+    let mut expected = Directory::default();
+    expected.pins.insert(
+        "alice".into(),
+        Pin {
+            id: UserId::from("o9p3tf1d5pgzjfbrw3e1ymqwmo"),
+            username: "alice.renamed".into(),
+        },
+    );
+    expected.pins.insert(
+        "id:k7yq3nbgwjbsdgoqhfbnwz1n3r".into(),
+        Pin {
+            id: UserId::from("k7yq3nbgwjbsdgoqhfbnwz1n3r"),
+            username: String::new(),
+        },
+    );
+    assert_eq!(directory, expected);
+    assert_eq!(
+        directory.encode(),
+        golden.trim_ascii_end(),
+        "the encoding changed"
+    );
+    assert_eq!(
+        directory.user_of("alice").map(UserId::as_str),
+        Some("o9p3tf1d5pgzjfbrw3e1ymqwmo")
+    );
+    assert_eq!(directory.user_of("alice.renamed"), None);
 }

@@ -320,13 +320,14 @@ pub fn body(kind: Kind, tool_name: &str, input: &Value) -> String {
     }
 }
 
-/// Whether `username` (`user_id`) may answer approvals of a session started by
-/// `owner_id`.
-pub fn may_answer(owner_id: &str, approvers: &[String], user_id: &str, username: &str) -> bool {
-    owner_id == user_id
-        || approvers
-            .iter()
-            .any(|a| a.trim_start_matches('@') == username)
+/// Whether `user_id` may answer approvals of a session started by `owner_id`: the owner
+/// or an approver, by user id only.
+pub fn may_answer(
+    owner_id: &str,
+    approvers: &std::collections::BTreeSet<String>,
+    user_id: &str,
+) -> bool {
+    !user_id.is_empty() && (owner_id == user_id || approvers.contains(user_id))
 }
 
 #[cfg(test)]
@@ -389,10 +390,11 @@ mod tests {
 
     #[test]
     fn owner_and_approvers_may_answer() {
-        let approvers = vec!["@carol".to_owned()];
-        assert!(may_answer("u1", &approvers, "u1", "alice"));
-        assert!(may_answer("u1", &approvers, "u3", "carol"));
-        assert!(!may_answer("u1", &approvers, "u2", "bob"));
+        let approvers = std::collections::BTreeSet::from(["u3".to_owned()]);
+        assert!(may_answer("u1", &approvers, "u1"));
+        assert!(may_answer("u1", &approvers, "u3"));
+        assert!(!may_answer("u1", &approvers, "u2"));
+        assert!(!may_answer("", &approvers, ""));
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! PostgreSQL is what makes the first answer win across workers, so the core cannot know
 //! the outcome by itself.
 //!
-//! Invariants: only the session's owner or a configured approver decides; a decision reaches
+//! Invariants: only the session's owner or a configured approver decides, judged by user
+//! id (a name can be changed or taken over); a decision reaches
 //! the CLI only after it was stored, once; a pending request does not outlive its deadline
 //! once [`Approvals::expired`] ran; every input is idempotent (an answer is known by its
 //! event id, a request by its request id), so a redelivered input has no further effect,
 //! while a decision the shell could not store is asked for again by the same input.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use proto::{ChatEvent, LocalRef, SessionId};
 use serde_json::Value;
@@ -40,8 +41,9 @@ const TIMEOUT_USER: &str = "ccfleet";
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Who may answer besides the session's owner (`@name` or `name`).
-    pub approvers: Vec<String>,
+    /// Who may answer besides the session's owner: Mattermost user ids (what
+    /// `worker.approvers` is pinned to, `crate::directory`), never names.
+    pub approvers: BTreeSet<String>,
     /// How long a request of the CLI waits for an answer.
     pub timeout_s: u64,
 }
@@ -464,6 +466,12 @@ impl Approvals {
             domains: BTreeMap::new(),
             budget: None,
         }
+    }
+
+    /// Who the configured approvers are now (their pins may change while the session
+    /// lives); the shell sets it before each answer.
+    pub fn set_approvers(&mut self, approvers: BTreeSet<String>) {
+        self.options.approvers = approvers;
     }
 
     fn timeout_minutes(&self) -> u64 {
@@ -910,12 +918,7 @@ impl Approvals {
             via,
             outcome,
         };
-        if !may_answer(
-            &answer.owner.id,
-            &self.options.approvers,
-            &user.id,
-            &user.name,
-        ) {
+        if !may_answer(&answer.owner.id, &self.options.approvers, &user.id) {
             return vec![
                 Effect::Audit(attempt(Outcome::Refused)),
                 Effect::Tell {

@@ -121,6 +121,13 @@ async fn dispatch_messages(
                 continue;
             }
         };
+        // The thread names the queue subject, the thread consumer and the lease key: a
+        // thread id that is not one (never written by a gateway) goes no further.
+        if let Err(err) = event.thread.check() {
+            tracing::error!(error = %err, "chat event with an unusable thread id dropped");
+            let _ = message.ack_with(jetstream::AckKind::Term).await;
+            continue;
+        }
         let span = common::telemetry::process_span(
             &ctx.names.events_destination(),
             &message.subject,

@@ -83,7 +83,13 @@ pub(crate) async fn claim_loop(
                 _ => continue,
             },
         };
-        let Some(thread) = message.subject.rsplit('.').next().map(ThreadId::from) else {
+        // The subject's last token is a thread id only if it is one (`proto::ids`).
+        let Some(thread) = message
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| ThreadId::parse(t).ok())
+        else {
             let _ = message.ack().await;
             continue;
         };

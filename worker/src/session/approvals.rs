@@ -30,7 +30,8 @@ pub(super) fn core(thread: &ThreadId, ctx: &Ctx) -> approvals::Approvals {
     approvals::Approvals::new(
         thread.to_string(),
         approvals::Options {
-            approvers: ctx.config.worker.approvers.clone(),
+            // Set from the directory before each answer (`set_approvers`).
+            approvers: Default::default(),
             timeout_s: ctx.config.worker.approval_timeout_s,
         },
     )
@@ -668,7 +669,7 @@ impl State {
         emoji: &str,
     ) -> Result<(), Error> {
         if proto::commands::stops_turn(emoji) {
-            if self.may_act(&event.user.username, event.user.id.as_str()) {
+            if self.may_act(&event.user).await {
                 self.interrupt(&event.user.username).await;
             }
             return Ok(());
@@ -738,6 +739,15 @@ impl State {
         if self.live.is_none() && row.status == "pending" {
             self.attach(event).await?;
         }
+        let approvers = self
+            .ctx
+            .directory
+            .approvers(&self.ctx.config.worker)
+            .await
+            .into_iter()
+            .map(|id| id.0)
+            .collect();
+        self.approvals.set_approvers(approvers);
         let effects = self.approvals.answered(Answer {
             event_id: event.event_id.clone(),
             user: Person {

@@ -237,8 +237,13 @@ impl State {
             return None;
         }
         let config = &self.ctx.config.worker;
-        if let Some(refusal) = access::refusal(config, &event.user.username, event.channel.as_str())
-        {
+        let allowed = self.ctx.directory.allowed_users(config).await;
+        if let Some(refusal) = access::refusal(
+            config,
+            &event.user,
+            event.channel.as_str(),
+            allowed.as_ref(),
+        ) {
             return Some(refusal);
         }
         let max = config.max_sessions_per_user;

@@ -474,8 +474,13 @@ impl State {
                     self.command(event, command).await?;
                 } else if let Some(refusal) = access::refusal(
                     &self.ctx.config.worker,
-                    &event.user.username,
+                    &event.user,
                     event.channel.as_str(),
+                    self.ctx
+                        .directory
+                        .allowed_users(&self.ctx.config.worker)
+                        .await
+                        .as_ref(),
                 ) {
                     self.say(event, refusal).await;
                     if self.live.is_none() {

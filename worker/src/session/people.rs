@@ -10,25 +10,25 @@ use crate::render;
 
 impl State {
     /// Whether the user may steer the session (stop it, tighten its permissions): its
-    /// owner, a participant, or an approver.
-    pub(super) fn may_act(&self, username: &str, user_id: &str) -> bool {
+    /// owner or an approver (by user id), or a participant.
+    pub(super) async fn may_act(&self, user: &proto::v1::User) -> bool {
         match &self.live {
             Some(live) => {
-                live.row.started_by == user_id
-                    || live.participants.iter().any(|p| p == username)
-                    || self.is_approver(username)
+                live.row.started_by == user.id.as_str()
+                    || live.participants.contains(&user.username)
+                    || self.is_approver(&user.id).await
             }
             None => false,
         }
     }
 
-    pub(super) fn is_approver(&self, username: &str) -> bool {
+    /// Whether `user_id` is one of `worker.approvers` (pinned ids, `crate::directory`).
+    pub(super) async fn is_approver(&self, user_id: &proto::UserId) -> bool {
         self.ctx
-            .config
-            .worker
-            .approvers
-            .iter()
-            .any(|a| a.trim_start_matches('@') == username)
+            .directory
+            .approvers(&self.ctx.config.worker)
+            .await
+            .contains(user_id)
     }
 
     pub(super) async fn status(&mut self, event: &ChatEvent) {
@@ -145,7 +145,7 @@ impl State {
     ) -> Result<(), Error> {
         match command {
             Command::Stop => {
-                if self.may_act(&event.user.username, event.user.id.as_str()) {
+                if self.may_act(&event.user).await {
                     self.interrupt(&event.user.username).await;
                 }
             }
@@ -245,7 +245,7 @@ impl State {
         if !self.attach_existing(event).await {
             return;
         }
-        if !self.may_act(&event.user.username, event.user.id.as_str()) {
+        if !self.may_act(&event.user).await {
             let owner = self.owner().await.map(|o| o.1).unwrap_or_default();
             self.tell(event, render::owner_only(&owner, "change its permissions"))
                 .await;

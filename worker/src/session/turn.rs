@@ -203,16 +203,12 @@ impl State {
             records.pending_context(self.thread.as_str()),
         );
         let context = context.unwrap_or_default();
-        let mut text = String::new();
-        if !context.is_empty() {
-            text.push_str("Earlier messages in this thread:\n");
-            for (_, author, body) in &context {
-                text.push_str(&format!("@{author}: {body}\n"));
-            }
-            text.push_str("\nNow, from ");
-            text.push_str(&format!("@{}: ", prompt.event.user.username));
-        }
-        text.push_str(&prompt.text);
+        // Framed so that no message's text can pass for another author's line.
+        let earlier: Vec<(&str, &str)> = context
+            .iter()
+            .map(|(_, author, body)| (author.as_str(), body.as_str()))
+            .collect();
+        let mut text = crate::prompt::frame(&earlier, &prompt.event.user.username, &prompt.text);
         let attachments = self.attachments(&prompt.event).await;
         if !attachments.is_empty() {
             let names: Vec<&str> = attachments.iter().map(|(name, _)| name.as_str()).collect();

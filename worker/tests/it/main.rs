@@ -5,3 +5,4 @@ mod egress;
 mod layout;
 mod repo;
 mod runtime;
+mod start;

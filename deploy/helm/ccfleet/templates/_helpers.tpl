@@ -81,6 +81,9 @@ are valid TOML).
 {{- $_ := set $c.gateway "listen" (printf "0.0.0.0:%d" (int .Values.gateway.containerPort)) -}}
 {{- $_ := set $c.worker "metrics_listen" (printf "0.0.0.0:%d" (int .Values.worker.metricsPort)) -}}
 {{- $_ := set $c.worker "runtime" .Values.worker.sessionRuntime -}}
+{{- if and (eq .Values.worker.sessionRuntime "process") (eq (toString (get $c.worker "permission_mode")) "bypassPermissions") -}}
+{{- fail "config.worker.permission_mode bypassPermissions needs worker.sessionRuntime docker: the process runtime has no sandbox (the worker refuses it at start)" -}}
+{{- end -}}
 {{- $_ := set $c.worker "image" (include "ccfleet.image" (dict "root" . "image" .Values.runner.image)) -}}
 {{- range $section := keys $c | sortAlpha }}
 [{{ $section }}]

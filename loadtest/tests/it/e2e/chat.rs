@@ -496,3 +496,115 @@ async fn an_unanswered_request_is_denied_with_a_note_when_its_time_is_up() {
     assert_eq!(rows[0].3.as_deref(), Some("timeout"));
     fleet.stop().await;
 }
+
+/// The pins the fleet's gateway keeps in its directory bucket (`proto::kv::Directory`).
+async fn pins(env: &TestEnv) -> Option<proto::kv::Directory> {
+    let client = async_nats::connect(&env.config.nats.url).await.ok()?;
+    let bucket = proto::names::Names::new(env.prefix.as_str()).directory_bucket();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value(bucket)
+        .await
+        .ok()?;
+    let value = kv.get(proto::names::DIRECTORY_KEY).await.ok()??;
+    proto::kv::Directory::decode(&value)
+}
+
+/// Approvers are known by user id, not by name: carol, an approver, is renamed `carol2`
+/// and someone else takes the name `carol`; the newcomer's click is refused, carol2's
+/// allows the request.
+#[tokio::test]
+async fn a_renamed_approver_keeps_her_rights_and_whoever_takes_her_old_name_gets_none() {
+    let env = TestEnv::new().await;
+    let fleet = fleet_with(&env, 1, 4, RuntimeKind::Process, "default", |config| {
+        config.worker.approvers = vec!["@carol".into()];
+        config.gateway.directory_refresh_s = 1;
+    })
+    .await;
+    let carol = member(&fleet, "carol").await;
+    eventually(
+        Duration::from_secs(30),
+        "carol pinned to her id",
+        || async {
+            let pins = pins(&env).await?;
+            (pins.user_of("carol")?.as_str() == carol.id).then_some(())
+        },
+    )
+    .await;
+
+    // carol becomes carol2; the name `carol` is taken by a newcomer.
+    let admin = &fleet.boot.admin;
+    admin.rename_user(&carol.id, "carol2").await.unwrap();
+    let newcomer = admin
+        .create_user(
+            "carol",
+            "newcomer@example.com",
+            loadtest::mmsim::client::BOOTSTRAP_PASSWORD,
+        )
+        .await
+        .unwrap();
+    assert_ne!(newcomer.id, carol.id);
+    admin
+        .add_team_member(&fleet.boot.team.id, &newcomer.id)
+        .await
+        .unwrap();
+    admin
+        .add_channel_member(fleet.channel_id(), &newcomer.id)
+        .await
+        .unwrap();
+    let newcomer = loadtest::mmsim::client::Client::new(fleet.sim.base_url())
+        .login("carol", loadtest::mmsim::client::BOOTSTRAP_PASSWORD)
+        .await
+        .unwrap();
+    // A refresh after both: the pin followed carol to her new name and stayed hers.
+    eventually(Duration::from_secs(30), "the rename seen", || async {
+        let pins = pins(&env).await?;
+        let pin = pins.pins.get("carol")?;
+        (pin.username == "carol2").then_some(pin.id.as_str() == carol.id)
+    })
+    .await
+    .then_some(())
+    .expect("the pin stays carol's");
+
+    let root = fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "@claude [[bash:echo approved > out.txt]] run it",
+            None,
+        )
+        .await
+        .unwrap();
+    let prompt = request(&fleet, &root.id, "Permission needed").await;
+
+    let mut newcomer_events = newcomer.websocket().await.unwrap();
+    newcomer.click(&prompt.id, "allow").await.unwrap();
+    let note = newcomer_events
+        .wait_for(Duration::from_secs(30), |e| {
+            e.kind() == EventKind::EphemeralMessage
+        })
+        .await
+        .expect("an ephemeral note to the newcomer");
+    let note = note.post().unwrap().message;
+    assert!(note.contains("Only @alice"), "{note}");
+    assert!(has_buttons(
+        &fleet.demo().get_post(&prompt.id).await.unwrap()
+    ));
+    assert_eq!(approval_rows(&env, &root.id).await[0].1, "pending");
+
+    carol.click(&prompt.id, "allow").await.unwrap();
+    let done = wait_for_post(&fleet, &root.id, TURN, "the answer", is_answer).await;
+    assert!(done.message.contains("Done"), "{}", done.message);
+    settled(&fleet, &prompt.id, "**Allowed** by @carol2").await;
+    assert_eq!(
+        answer_attempts(&env, &root.id).await,
+        vec![
+            ("carol".to_owned(), "allow".to_owned(), "refused".to_owned()),
+            (
+                "carol2".to_owned(),
+                "allow".to_owned(),
+                "accepted".to_owned()
+            ),
+        ]
+    );
+    fleet.stop().await;
+}

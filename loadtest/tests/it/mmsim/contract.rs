@@ -16,7 +16,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v4/users/login"),
     ("POST", "/api/v4/users/logout"),
     ("POST", "/api/v4/users/ids"),
+    ("POST", "/api/v4/users/usernames"),
     ("GET", "/api/v4/users/{user_id}"),
+    ("PUT", "/api/v4/users/{user_id}/patch"),
     ("GET", "/api/v4/users/username/{username}"),
     ("POST", "/api/v4/users/{user_id}/tokens"),
     ("GET", "/api/v4/users/{user_id}/teams"),
@@ -81,6 +83,24 @@ async fn every_endpoint_conforms_to_the_spec() {
     )
     .await
     .expect("ids");
+    let found = a
+        .users_by_usernames(&["alice", "nosuchuser"])
+        .await
+        .expect("by usernames");
+    assert_eq!(found.len(), 1, "a name nobody has is left out");
+    let renamed = a.rename_user(&d.id, "alice.two").await.expect("rename");
+    assert_eq!(renamed.username, "alice.two");
+    assert!(
+        a.user_by_username("alice").await.is_err(),
+        "the old name is free"
+    );
+    b.rename_user(&d.id, "taken-over")
+        .await
+        .expect_err("403 on someone else");
+    a.rename_user(&b.id, "alice.two")
+        .await
+        .expect_err("400: the name is taken");
+    d.rename_user(&d.id, "alice").await.expect("rename back");
     a.raw(Method::GET, "/api/v4/users/me/teams", None)
         .await
         .expect("teams of me");

@@ -14,7 +14,8 @@ const TIMEOUT_S: u64 = 600;
 
 fn options() -> Options {
     Options {
-        approvers: vec!["@carol".into()],
+        // carol's id: an approver is known by id, whatever name she has now.
+        approvers: ["u1".to_owned()].into(),
         timeout_s: TIMEOUT_S,
     }
 }
@@ -1340,7 +1341,8 @@ fn a_request_that_could_not_be_stored_or_shown_is_denied_so_the_cli_stops_waitin
 enum Step {
     /// The CLI asks (0 tool, 1 question, 2 plan).
     Ask(u8),
-    /// Someone answers row `target`: `user` 0 owner, 1 approver, 2 stranger, 3 the guest.
+    /// Someone answers row `target`: `user` 0 owner, 1 approver, 2 stranger, 3 the guest,
+    /// 4 the approver after a rename, 5 a stranger who took the approver's old name.
     Answer {
         target: usize,
         user: u8,
@@ -1390,7 +1392,7 @@ const EMOJIS: [&str; 8] = [
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0u8..3).prop_map(Step::Ask),
-        8 => (0usize..8, 0u8..4, any::<bool>(), 0usize..12, 0u8..3).prop_map(
+        8 => (0usize..8, 0u8..6, any::<bool>(), 0usize..12, 0u8..3).prop_map(
             |(target, user, button, pick, step)| Step::Answer { target, user, button, pick, step, race: false }
         ),
         1 => (0usize..8, 0u8..2, 0usize..12).prop_map(|(target, user, pick)| Step::Answer {
@@ -1423,7 +1425,7 @@ fn is_valid(
         Via::Reaction(e) => Choice::from_reaction(kind, e),
     };
     let Some(choice) = choice else { return false };
-    let allowed = user.id == "u0" || user.name == "carol";
+    let allowed = user.id == "u0" || user.id == "u1";
     let fits = match (kind, choice) {
         (Kind::Question, Choice::Option(n)) => questions()
             .get(current)
@@ -1534,7 +1536,15 @@ fn apply(w: &mut World, s: &Step, n: usize) -> Result<Option<Input>, TestCaseErr
                 0 => alice(),
                 1 => carol(),
                 2 => bob(),
-                _ => dave(),
+                3 => dave(),
+                4 => Person {
+                    name: "carol2".into(),
+                    ..carol()
+                },
+                _ => Person {
+                    id: "u9".into(),
+                    name: "carol".into(),
+                },
             };
             let via = if *button {
                 Via::Button(ACTIONS[pick % ACTIONS.len()].into())
