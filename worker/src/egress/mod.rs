@@ -71,6 +71,8 @@ const MAX_MODEL_REQUEST: usize = 64 * 1024 * 1024;
 const ANTHROPIC_API: &str = "https://api.anthropic.com";
 /// Notices queued for one session's actor before more are dropped.
 const NOTICES: usize = 64;
+/// How many of the pool's notices [`Egress::cooling_notices`] keeps.
+const TOLD_KEPT: usize = 64;
 /// Added to OAuth-authenticated model requests, as the CLI does for its own OAuth logins.
 const OAUTH_BETA: &str = "oauth-2025-04-20";
 
@@ -329,7 +331,7 @@ struct Inner {
     meter: Meter,
     metrics: EgressMetrics,
     /// What the pool decided to tell sessions' threads (see [`Egress::tell_cooling`]).
-    told: Mutex<Vec<(SessionId, SystemTime)>>,
+    told: Mutex<std::collections::VecDeque<(SessionId, SystemTime)>>,
     upstream: String,
     client: reqwest::Client,
     /// `host:port` containers reach the gateway at.
@@ -602,16 +604,17 @@ impl Egress {
             .unwrap_or_default()
             .as_secs();
         tracing::info!(session_id = %session, resume_in_s = in_s, "every model credential is rate-limited; the session's requests wait");
-        self.inner
-            .told
-            .lock()
-            .expect("egress told lock")
-            .push((session.clone(), resume_at));
+        let mut told = self.inner.told.lock().expect("egress told lock");
+        if told.len() == TOLD_KEPT {
+            told.pop_front();
+        }
+        told.push_back((session.clone(), resume_at));
     }
 
-    /// The sessions the pool has told to wait, and until when, oldest first.
+    /// The last sessions the pool has told to wait (up to 64), and until when, oldest first.
     pub fn cooling_notices(&self) -> Vec<(SessionId, SystemTime)> {
-        self.inner.told.lock().expect("egress told lock").clone()
+        let told = self.inner.told.lock().expect("egress told lock");
+        told.iter().cloned().collect()
     }
 
     async fn handle(
