@@ -604,6 +604,10 @@ impl Egress {
             .unwrap_or_default()
             .as_secs();
         tracing::info!(session_id = %session, resume_in_s = in_s, "every model credential is rate-limited; the session's requests wait");
+        let resume_at_ms = resume_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.notify(session, Notice::CredentialsCooling { resume_at_ms });
         let mut told = self.inner.told.lock().expect("egress told lock");
         if told.len() == TOLD_KEPT {
             told.pop_front();

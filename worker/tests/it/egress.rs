@@ -335,6 +335,7 @@ async fn with_every_credential_cooling_requests_wait_and_the_session_is_told_onc
     s.model.limit(limit(KEY_B, 529, 3, Some(1)));
     let session = SessionId::new("s1");
     let token = s.egress.issue(&session);
+    let mut told = s.egress.subscribe(&session);
     let started = std::time::Instant::now();
     let started_at = std::time::SystemTime::now();
     let (one, two) = tokio::join!(ask(&s.egress, &token, true), ask(&s.egress, &token, false));
@@ -354,6 +355,17 @@ async fn with_every_credential_cooling_requests_wait_and_the_session_is_told_onc
         resume_in >= Duration::from_millis(900) && resume_in <= Duration::from_millis(1500),
         "{resume_in:?}"
     );
+    // The session's actor got it once, with the same estimate.
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    };
+    assert_eq!(
+        told.try_recv().unwrap(),
+        worker::egress::Notice::CredentialsCooling {
+            resume_at_ms: unix_ms(notices[0].1)
+        }
+    );
+    assert!(told.try_recv().is_err(), "told once");
     let statuses: Vec<u16> = s
         .model
         .message_requests()
@@ -376,6 +388,10 @@ async fn with_every_credential_cooling_requests_wait_and_the_session_is_told_onc
     let (status, _, body) = ask(&s.egress, &token, true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.egress.cooling_notices().len(), 2);
+    assert!(matches!(
+        told.try_recv(),
+        Ok(worker::egress::Notice::CredentialsCooling { .. })
+    ));
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The credential pool and metering through the real path: the real CLI in the runner
 //! image, its model requests through the worker's egress gateway to the fake model, which
 //! answers one credential's requests with scripted 429/529s. Turns complete on the other
-//! credential; with both cooling the turn waits, the session is told once, and the turn
-//! completes; every request's usage is in PostgreSQL exactly as the fake model reported.
+//! credential; with both cooling the turn waits, the thread is told once when it will go
+//! on, and the turn completes; every request's usage is in PostgreSQL exactly as the fake model reported.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use common::config::{ModelCredential, RuntimeKind, Secret};
 use common::testsupport::TestEnv;
 use loadtest::fake_model::{Limit, fingerprint};
 
-use super::support::{answers, eventually, fleet_with};
+use super::support::{answers, bot_posts, eventually, fleet_with};
 
 const KEY_A: &str = "sk-ant-pool-first";
 const KEY_B: &str = "sk-ant-pool-second";
@@ -93,6 +93,20 @@ async fn turns_go_out_on_a_credential_that_is_not_rate_limited_or_wait_for_one()
     .await;
     let notices = cooling_notices(&fleet);
     assert_eq!(notices.len(), before + 1, "{notices:?}");
+    // The thread was told once.
+    let posts = bot_posts(&fleet, &root.id).await;
+    let told: Vec<usize> = posts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.message.contains("Every model credential is rate-limited"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(told.len(), 1, "{posts:#?}");
+    assert!(
+        posts[told[0]]
+            .message
+            .contains("Claude continues by itself in about")
+    );
     let seen = fleet.model.message_requests();
     let statuses: Vec<(bool, u16)> = seen[earlier..]
         .iter()
