@@ -7,7 +7,6 @@
 //! skipped as it arrives, so a long answer costs a scan for `\n`, never a copy or a parse.
 
 use common::config::ModelPrice;
-use serde_json::Value;
 
 /// A JSON body longer than this is passed on without its usage being read.
 const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
@@ -24,22 +23,47 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Overrides the counts `usage` (an API `usage` object) has.
-    fn update(&mut self, usage: &Value) {
-        let get = |key: &str| usage.get(key).and_then(Value::as_u64);
-        if let Some(v) = get("input_tokens") {
+    /// Overrides the counts `usage` has.
+    fn update(&mut self, usage: &Counts) {
+        if let Some(v) = usage.input_tokens {
             self.input = v;
         }
-        if let Some(v) = get("output_tokens") {
+        if let Some(v) = usage.output_tokens {
             self.output = v;
         }
-        if let Some(v) = get("cache_read_input_tokens") {
+        if let Some(v) = usage.cache_read_input_tokens {
             self.cache_read = v;
         }
-        if let Some(v) = get("cache_creation_input_tokens") {
+        if let Some(v) = usage.cache_creation_input_tokens {
             self.cache_creation = v;
         }
     }
+}
+
+/// An API `usage` object: only the counts read (typed, so the rest of a response is
+/// skipped by the parser rather than built into a tree: this runs on every response).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Counts {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// A message (a JSON body, or `message_start`'s `message`), as far as it is read.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Message {
+    model: Option<String>,
+    usage: Option<Counts>,
+}
+
+/// An SSE event's data, as far as it is read.
+#[derive(Debug, serde::Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<Message>,
+    usage: Option<Counts>,
 }
 
 /// What a response reported, once it ended.
@@ -174,21 +198,21 @@ impl Scanner {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        let Ok(event) = serde_json::from_slice::<Value>(data) else {
+        let Ok(event) = serde_json::from_slice::<Event>(data) else {
             return;
         };
-        match event.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                let message = event.get("message");
-                if let Some(model) = message.and_then(|m| m.get("model")).and_then(Value::as_str) {
-                    self.model = Some(model.to_owned());
+        match event.kind.as_str() {
+            "message_start" => {
+                let message = event.message.unwrap_or_default();
+                if let Some(model) = message.model {
+                    self.model = Some(model);
                 }
-                if let Some(usage) = message.and_then(|m| m.get("usage")) {
+                if let Some(usage) = &message.usage {
                     self.tokens.get_or_insert_default().update(usage);
                 }
             }
-            Some("message_delta") => {
-                if let Some(usage) = event.get("usage") {
+            "message_delta" => {
+                if let Some(usage) = &event.usage {
                     self.tokens.get_or_insert_default().update(usage);
                 }
             }
@@ -200,11 +224,11 @@ impl Scanner {
     /// an SSE stream reports what it had so far).
     pub fn finish(mut self) -> Option<Usage> {
         if self.kind == Kind::Json && !self.overflow {
-            let body: Value = serde_json::from_slice(&self.buffer).ok()?;
-            if let Some(usage) = body.get("usage") {
+            let body: Message = serde_json::from_slice(&self.buffer).ok()?;
+            if let Some(usage) = &body.usage {
                 self.tokens.get_or_insert_default().update(usage);
             }
-            self.model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+            self.model = body.model;
         } else if self.kind == Kind::Sse && !self.skipping && !self.buffer.is_empty() {
             // A last line without its newline.
             let line = std::mem::take(&mut self.buffer);
@@ -242,6 +266,7 @@ pub fn cost_usd(price: &ModelPrice, tokens: &Tokens) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn sse(events: &[(&str, Value)]) -> Vec<u8> {
         let mut out = String::new();
