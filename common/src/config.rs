@@ -17,6 +17,9 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 /// The prefix of environment variables: `CCFLEET__NATS__URL` sets `nats.url`.
 pub const ENV_PREFIX: &str = "CCFLEET";
 
+/// `model.credentials` from the environment: a JSON list of credential tables.
+pub const CREDENTIALS_ENV: &str = "CCFLEET__MODEL__CREDENTIALS";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("configuration could not be read")]
@@ -327,6 +330,81 @@ pub struct ModelConfig {
     /// How often the CLI retries a failed model API call (`CLAUDE_CODE_MAX_RETRIES`);
     /// 0: the CLI's default (10, which with its backoff waits minutes).
     pub max_retries: u32,
+    /// The egress gateway's credential pool (docker runtime). Empty: `api_key` alone, as a
+    /// pool of one. Setting both is refused.
+    #[serde(default)]
+    pub credentials: Vec<ModelCredential>,
+    /// How long, in total, the egress gateway holds a model request while every
+    /// credential is cooling (after a 429/529 with `retry-after`) or at its limits, before
+    /// the CLI gets the 429/529 as-is. Keep it below the CLI's own request timeout (10 min).
+    pub max_wait_s: u64,
+    /// USD per million tokens, by model-name prefix (the longest matching prefix wins; the
+    /// entry with `model = ""` matches every model). Setting the list replaces it whole.
+    #[serde(default)]
+    pub prices: Vec<ModelPrice>,
+}
+
+impl ModelConfig {
+    /// The credential pool: `credentials`, or `api_key` alone (labelled `default`).
+    pub fn pool(&self) -> Vec<ModelCredential> {
+        if !self.credentials.is_empty() {
+            return self
+                .credentials
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ModelCredential {
+                    label: if c.label.is_empty() {
+                        format!("credential-{}", i + 1)
+                    } else {
+                        c.label.clone()
+                    },
+                    ..c.clone()
+                })
+                .collect();
+        }
+        if self.api_key.is_empty() {
+            return Vec::new();
+        }
+        vec![ModelCredential {
+            secret: self.api_key.clone(),
+            label: "default".to_owned(),
+            max_concurrency: 0,
+            requests_per_minute: 0,
+        }]
+    }
+}
+
+/// One credential of the egress gateway's pool.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCredential {
+    /// An API key (sent as `x-api-key`) or a subscription's OAuth token (`sk-ant-oat…`,
+    /// sent as `Authorization: Bearer`).
+    pub secret: Secret,
+    /// What logs, metrics and the usage record call it (never the secret). Empty:
+    /// `credential-N` (its place in the list, from 1).
+    #[serde(default)]
+    pub label: String,
+    /// Model requests in flight at once on it; 0: no limit.
+    #[serde(default)]
+    pub max_concurrency: u32,
+    /// Model requests started on it per rolling minute; 0: no limit.
+    #[serde(default)]
+    pub requests_per_minute: u32,
+}
+
+/// What a model costs, USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// A model-name prefix, e.g. `claude-sonnet-4`; `""`: any model.
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    /// Tokens read from the prompt cache.
+    pub cache_read: f64,
+    /// Tokens written to the prompt cache.
+    pub cache_write: f64,
 }
 
 /// The worker's egress gateway: session containers' only way out (see `worker::egress`).
@@ -669,6 +747,12 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Self, Error> {
         use ::config::{Environment, File, FileFormat};
 
+        // A list of tables has no `KEY=a,b` form: `model.credentials` comes from the
+        // environment as JSON, read here rather than by the environment source.
+        let mut env = sources.env.clone();
+        let credentials_json = env
+            .remove(CREDENTIALS_ENV)
+            .filter(|value| !value.trim().is_empty());
         let mut builder =
             ::config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = &sources.file {
@@ -691,7 +775,7 @@ impl Config {
                 .with_list_parse_key("worker.allowed_users")
                 .with_list_parse_key("worker.allowed_channels")
                 .with_list_parse_key("egress.allowed_hosts")
-                .source(Some(sources.env.clone().into_iter().collect())),
+                .source(Some(env.into_iter().collect())),
         );
         for (key, value) in &sources.overrides {
             builder = builder
@@ -715,6 +799,17 @@ impl Config {
             &mut config.egress.allowed_hosts,
         ] {
             list.retain(|entry| !entry.trim().is_empty());
+        }
+        if let Some(json) = credentials_json {
+            // serde_json's message names the place, never the text (a secret).
+            config.model.credentials = serde_json::from_str(&json).map_err(|err| {
+                Error::invalid(
+                    "model.credentials",
+                    format!(
+                        "from {CREDENTIALS_ENV} must be a JSON list like [{{\"label\": \"a\", \"secret\": \"sk-ant-…\"}}]: {err}"
+                    ),
+                )
+            })?;
         }
         config.validate()?;
         Ok(config)
@@ -1040,6 +1135,79 @@ impl Config {
                         format!("channel {channel} already has a default repository"),
                     ));
                 }
+            }
+        }
+        if !self.model.api_key.is_empty() && !self.model.credentials.is_empty() {
+            return Err(Error::invalid(
+                "model.credentials",
+                "and model.api_key are both set; put every credential in model.credentials",
+            ));
+        }
+        for (i, credential) in self.model.credentials.iter().enumerate() {
+            let key = format!("model.credentials[{i}]");
+            if credential.secret.expose().trim().is_empty() {
+                return Err(Error::invalid(
+                    &format!("{key}.secret"),
+                    "must not be empty",
+                ));
+            }
+            if credential
+                .secret
+                .expose()
+                .chars()
+                .any(|c| c.is_control() || c == ' ')
+            {
+                return Err(Error::invalid(
+                    &format!("{key}.secret"),
+                    "must not contain spaces or control characters (it goes in an HTTP header)",
+                ));
+            }
+        }
+        let pool = self.model.pool();
+        for (i, credential) in pool.iter().enumerate() {
+            if pool[..i].iter().any(|c| c.label == credential.label) {
+                return Err(Error::invalid(
+                    &format!("model.credentials[{i}].label"),
+                    format!("{:?} is used by another credential", credential.label),
+                ));
+            }
+            if pool[..i].iter().any(|c| c.secret == credential.secret) {
+                return Err(Error::invalid(
+                    &format!("model.credentials[{i}].secret"),
+                    "is listed twice",
+                ));
+            }
+        }
+        if self.model.max_wait_s > 3600 {
+            return Err(Error::invalid(
+                "model.max_wait_s",
+                "must be at most 3600 (the CLI gives up on a request long before)",
+            ));
+        }
+        for (i, price) in self.model.prices.iter().enumerate() {
+            let key = format!("model.prices[{i}]");
+            if [
+                price.input,
+                price.output,
+                price.cache_read,
+                price.cache_write,
+            ]
+            .iter()
+            .any(|p| !p.is_finite() || *p < 0.0)
+            {
+                return Err(Error::invalid(
+                    &key,
+                    "prices must be non-negative numbers (USD per million tokens)",
+                ));
+            }
+            if self.model.prices[..i]
+                .iter()
+                .any(|p| p.model == price.model)
+            {
+                return Err(Error::invalid(
+                    &format!("{key}.model"),
+                    format!("{:?} is priced twice", price.model),
+                ));
             }
         }
         if !self.model.base_url.is_empty() && !self.model.base_url.starts_with("http") {

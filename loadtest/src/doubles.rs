@@ -101,7 +101,7 @@ impl Plan {
     pub fn for_config(config: &Config) -> Plan {
         Plan {
             simulator: config.mattermost.url.is_empty(),
-            fake_model: config.model.base_url.is_empty() && config.model.api_key.is_empty(),
+            fake_model: config.model.base_url.is_empty() && config.model.pool().is_empty(),
         }
     }
 }

@@ -217,7 +217,9 @@ impl LocalFleet {
             config.gateway.signing_key = Secret::new(uuid::Uuid::new_v4().to_string());
         }
         config.model.base_url = model.base_url();
-        config.model.api_key = Secret::new("sk-ant-test-fake");
+        if config.model.credentials.is_empty() {
+            config.model.api_key = Secret::new("sk-ant-test-fake");
+        }
         config.model.model = "claude-fake-1".into();
         config.worker.runtime = options.runtime;
         config.worker.max_sessions = options.max_sessions;

@@ -167,6 +167,7 @@ impl Worker {
             &config.egress,
             id.as_str(),
             &config.nats.prefix,
+            Some(pool.clone()),
         )
         .await?;
         // The workers with a current heartbeat: containers of any other worker of this

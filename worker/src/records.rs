@@ -52,6 +52,10 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_turn_trace_ids.sql"),
     },
     Migration {
+        version: "0010_model_usage",
+        sql: include_str!("../migrations/0010_model_usage.sql"),
+    },
+    Migration {
         version: "0011_budget_top_ups",
         sql: include_str!("../migrations/0011_budget_top_ups.sql"),
     },

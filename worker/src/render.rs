@@ -700,6 +700,27 @@ pub fn domain_buttons() -> Vec<Button> {
     ]
 }
 
+/// Every model credential is rate-limited: the session's model requests wait until about
+/// `resume_at_ms` (Unix milliseconds; `now_ms` is now).
+pub fn credentials_cooling(resume_at_ms: u64, now_ms: u64) -> String {
+    let in_s = resume_at_ms.saturating_sub(now_ms).div_ceil(1000);
+    let at_s = resume_at_ms.div_ceil(1000) % 86_400;
+    format!(
+        ":hourglass: Every model credential is rate-limited right now. Claude continues by itself in about **{}** (around {:02}:{:02} UTC); nothing is lost meanwhile.",
+        seconds(in_s),
+        at_s / 3600,
+        at_s % 3600 / 60
+    )
+}
+
+fn seconds(s: u64) -> String {
+    match s {
+        0..=1 => "a second".to_owned(),
+        2..=119 => format!("{s} s"),
+        _ => format!("{} min", s.div_ceil(60)),
+    }
+}
+
 /// A budget is used up: the session's model requests wait.
 pub fn budget_body(what: &str, spent: f64, limit: f64) -> String {
     format!(
@@ -893,6 +914,20 @@ mod tests {
 
     use super::*;
     use crate::agent::Usage;
+
+    #[test]
+    fn credentials_cooling_says_when_claude_continues() {
+        // 2026-12-03 17:00:00 UTC.
+        let now = 1_796_317_200_000;
+        assert_eq!(
+            credentials_cooling(now + 42_300, now),
+            ":hourglass: Every model credential is rate-limited right now. Claude continues by itself in about **43 s** (around 17:00 UTC); nothing is lost meanwhile."
+        );
+        assert!(
+            credentials_cooling(now + 600_000, now).contains("about **10 min** (around 17:10 UTC)")
+        );
+        assert!(credentials_cooling(now, now).contains("about **a second**"));
+    }
 
     #[test]
     fn header_snapshot() {

@@ -430,3 +430,125 @@ fn a_worker_id_must_be_a_subject_token() {
         );
     }
 }
+
+#[test]
+fn model_credentials_form_a_pool_and_api_key_alone_is_a_pool_of_one() {
+    let config = load(&[("CCFLEET__MODEL__API_KEY", "sk-ant-single")], &[]).unwrap();
+    let pool = config.model.pool();
+    assert_eq!(pool.len(), 1);
+    assert_eq!(pool[0].label, "default");
+    assert_eq!(pool[0].secret.expose(), "sk-ant-single");
+    assert_eq!(config.model.max_wait_s, 300);
+    assert!(load(&[], &[]).unwrap().model.pool().is_empty());
+
+    let file = std::env::temp_dir().join(format!(
+        "ccfleet-credentials-{}-{:?}.toml",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(
+        &file,
+        r#"
+[model]
+max_wait_s = 60
+prices = [{ model = "claude-x", input = 1.0, output = 2.0, cache_read = 0.1, cache_write = 1.25 }]
+[[model.credentials]]
+label = "team-a"
+secret = "sk-ant-api03-a"
+max_concurrency = 4
+[[model.credentials]]
+secret = "sk-ant-oat01-b"
+requests_per_minute = 50
+"#,
+    )
+    .unwrap();
+    let from_file = |env: &[(&str, &str)]| {
+        Config::load(&Sources {
+            file: Some(file.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: vec![],
+        })
+    };
+    let config = from_file(&[]).unwrap();
+    let pool = config.model.pool();
+    assert_eq!(
+        pool.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
+        ["team-a", "credential-2"]
+    );
+    assert_eq!(pool[0].max_concurrency, 4);
+    assert_eq!(pool[1].requests_per_minute, 50);
+    assert_eq!(config.model.max_wait_s, 60);
+    // The file's price list replaces the built-in one whole.
+    assert_eq!(config.model.prices.len(), 1, "{:?}", config.model.prices);
+    assert!(!format!("{config:?}").contains("sk-ant-api03-a"));
+
+    // The environment's JSON list replaces the file's.
+    let config = from_file(&[(
+        "CCFLEET__MODEL__CREDENTIALS",
+        r#"[{"label": "env", "secret": "sk-ant-env", "max_concurrency": 2}]"#,
+    )])
+    .unwrap();
+    assert_eq!(config.model.pool()[0].label, "env");
+    assert_eq!(config.model.pool().len(), 1);
+    let err = from_file(&[("CCFLEET__MODEL__CREDENTIALS", "sk-ant-not-json")]).unwrap_err();
+    assert!(err.to_string().contains("model.credentials"), "{err}");
+    assert!(!err.to_string().contains("sk-ant-not-json"), "{err}");
+    // An empty variable (Compose's `${VAR:-}`) keeps the file's.
+    assert_eq!(
+        from_file(&[("CCFLEET__MODEL__CREDENTIALS", "")])
+            .unwrap()
+            .model
+            .pool()
+            .len(),
+        2
+    );
+    // Both api_key and credentials: refused.
+    let err = from_file(&[("CCFLEET__MODEL__API_KEY", "sk-ant-single")]).unwrap_err();
+    assert!(err.to_string().contains("model.credentials"), "{err}");
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_bad_credential_or_price_is_reported_with_its_key() {
+    use common::config::{ModelCredential, ModelPrice, Secret};
+    let credential = |label: &str, secret: &str| ModelCredential {
+        secret: Secret::new(secret),
+        label: label.into(),
+        max_concurrency: 0,
+        requests_per_minute: 0,
+    };
+    let check = |credentials: Vec<ModelCredential>| {
+        let mut config = load(&[], &[]).unwrap();
+        config.model.credentials = credentials;
+        config.validate().map_err(|err| err.to_string())
+    };
+    assert!(check(vec![credential("a", "k1"), credential("", "k2")]).is_ok());
+    let err = check(vec![credential("a", "k1"), credential("a", "k2")]).unwrap_err();
+    assert!(err.contains("model.credentials[1].label"), "{err}");
+    let err = check(vec![credential("a", "k1"), credential("b", "k1")]).unwrap_err();
+    assert!(err.contains("model.credentials[1].secret"), "{err}");
+    assert!(!err.contains("k1"), "{err}");
+    let err = check(vec![credential("a", "")]).unwrap_err();
+    assert!(err.contains("model.credentials[0].secret"), "{err}");
+    let err = check(vec![credential("a", "two words")]).unwrap_err();
+    assert!(err.contains("model.credentials[0].secret"), "{err}");
+    // A label `credential-2` given to the first clashes with the second's default.
+    let err = check(vec![credential("credential-2", "k1"), credential("", "k2")]).unwrap_err();
+    assert!(err.contains("model.credentials[1].label"), "{err}");
+
+    let mut config = load(&[], &[]).unwrap();
+    config.model.prices.push(ModelPrice {
+        model: "claude-x".into(),
+        input: -1.0,
+        output: 0.0,
+        cache_read: 0.0,
+        cache_write: 0.0,
+    });
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("model.prices"), "{err}");
+    let err = load(&[], &[("model.max_wait_s", "7200")]).unwrap_err();
+    assert!(err.to_string().contains("model.max_wait_s"), "{err}");
+}

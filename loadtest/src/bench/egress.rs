@@ -52,12 +52,10 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
     let egress = worker::egress::Egress::bind(
         ([127, 0, 0, 1], 0).into(),
         None,
-        worker::egress::EgressOptions {
-            model_base_url: model.base_url(),
-            credential: worker::egress::Credential::ApiKey(common::config::Secret::new(KEY)),
-            allowed_hosts: Vec::new(),
-            channel_hosts: Default::default(),
-        },
+        worker::egress::EgressOptions::single(
+            model.base_url(),
+            worker::egress::Credential::ApiKey(common::config::Secret::new(KEY)),
+        ),
     )
     .await
     .map_err(|err| Error::Args(format!("the egress gateway did not start: {err}")))?;

@@ -6,7 +6,11 @@
 //! request shape (system-role entries, tool lists, beta headers, unknown fields), and
 //! scripts its replies from markers in the last user prompt (see [`script`] and
 //! `design.md` §6). Every request is recorded so tests can assert on what the model was
-//! sent; `GET /fake/requests` serves the same record to other processes.
+//! sent, with the usage it reported; `GET /fake/requests` serves the same record to other
+//! processes. Rate limits are scripted per credential ([`FakeModel::limit`], or
+//! `POST /fake/limits`): a credential's requests get a 429/529 with `retry-after`. Every
+//! message answer reports usage (input, output, cache read and cache creation tokens, none
+//! of them 0), streamed and not.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
@@ -24,7 +28,7 @@ mod server;
 
 use std::net::SocketAddr;
 
-pub use server::{FakeModel, RecordedRequest, fingerprint};
+pub use server::{FakeModel, Limit, RecordedRequest, fingerprint};
 
 /// Flags of `loadtest fake-model`.
 #[derive(Debug, clap::Args)]

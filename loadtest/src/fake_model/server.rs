@@ -37,6 +37,10 @@ pub struct RecordedRequest {
     pub body: Value,
     /// The HTTP status the fake answered.
     pub status: u16,
+    /// The usage the fake reported for it (the API's `usage` object, final counts), when it
+    /// answered a message.
+    #[serde(default)]
+    pub usage: Option<Value>,
     /// When the request (with its body) had arrived; not serialized.
     #[serde(skip)]
     pub received: Option<std::time::Instant>,
@@ -91,6 +95,23 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     /// Requests answered with an error so far, per prompt with a `[[flaky:…]]` marker.
     flaky: Mutex<std::collections::HashMap<String, u32>>,
+    /// Scripted rate limits, by [`fingerprint`] of the credential.
+    limits: Mutex<std::collections::HashMap<String, Limit>>,
+}
+
+/// A scripted rate limit for one credential: its requests are answered `status` with
+/// `retry-after: retry_after_s`, `times` times (`None`: until cleared). Set with
+/// [`FakeModel::limit`] or `POST /fake/limits` (this as JSON, `credential` being the
+/// [`fingerprint`] of the `x-api-key` or `Authorization` value); `DELETE /fake/limits`
+/// clears them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Limit {
+    pub credential: String,
+    /// 429 or 529 (any 4xx/5xx is accepted).
+    pub status: u16,
+    pub retry_after_s: u64,
+    #[serde(default)]
+    pub times: Option<u32>,
 }
 
 /// A running fake model API. Cheap to clone; [`FakeModel::shutdown`] stops the server and
@@ -167,6 +188,16 @@ impl FakeModel {
             .collect()
     }
 
+    /// Answers the requests of `limit.credential` with its rate limit from now on.
+    pub fn limit(&self, limit: Limit) {
+        lock(&self.shared.limits).insert(limit.credential.clone(), limit);
+    }
+
+    /// Lifts every scripted rate limit.
+    pub fn unlimit(&self) {
+        lock(&self.shared.limits).clear();
+    }
+
     /// Forgets the recorded requests.
     pub fn clear(&self) {
         lock(&self.shared.requests).clear();
@@ -195,6 +226,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages))
         .route("/fake/requests", get(list_requests).delete(clear_requests))
+        .route("/fake/limits", post(set_limit).delete(clear_limits))
         // The CLI probes `HEAD /api/hello` unless non-essential traffic is disabled.
         .route("/api/hello", any(|| async { StatusCode::OK }))
         .fallback(not_found)
@@ -208,6 +240,44 @@ async fn list_requests(State(shared): State<Arc<Shared>>) -> Response {
 async fn clear_requests(State(shared): State<Arc<Shared>>) -> StatusCode {
     lock(&shared.requests).clear();
     StatusCode::NO_CONTENT
+}
+
+async fn set_limit(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(limit): axum::Json<Limit>,
+) -> StatusCode {
+    if !(400..=599).contains(&limit.status) {
+        return StatusCode::BAD_REQUEST;
+    }
+    lock(&shared.limits).insert(limit.credential.clone(), limit);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_limits(State(shared): State<Arc<Shared>>) -> StatusCode {
+    lock(&shared.limits).clear();
+    StatusCode::NO_CONTENT
+}
+
+/// The scripted rate limit `credential` is under now, counted as used.
+fn limited(shared: &Shared, credential: &str) -> Option<Response> {
+    let mut limits = lock(&shared.limits);
+    let limit = limits.get_mut(credential)?;
+    match &mut limit.times {
+        Some(0) => return None,
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    let (status, retry_after) = (limit.status, limit.retry_after_s);
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let mut response = error_response(
+        code,
+        error_type(status),
+        &format!("fake {status} (scripted limit)"),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Some(response)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -260,30 +330,38 @@ async fn messages(
     let received = std::time::Instant::now();
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
     let authorized = headers.contains_key("x-api-key") || headers.contains_key("authorization");
-    let (status, response) = match &parsed {
-        Err(err) => (
+    let credential = headers
+        .get("x-api-key")
+        .or_else(|| headers.get("authorization"))
+        .map(|v| fingerprint(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_default();
+    let limit = if authorized {
+        limited(&shared, &credential)
+    } else {
+        None
+    };
+    let (status, response, usage) = match (&parsed, limit) {
+        (_, Some(response)) => (response.status().as_u16(), response, None),
+        (Err(err), None) => (
             400,
             error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &format!("body is not JSON: {err}"),
             ),
+            None,
         ),
-        Ok(_) if !authorized => (
+        (Ok(_), None) if !authorized => (
             401,
             error_response(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
                 "x-api-key header is required",
             ),
+            None,
         ),
-        Ok(body) => answer(&shared, body),
+        (Ok(body), None) => answer(&shared, body),
     };
-    let credential = headers
-        .get("x-api-key")
-        .or_else(|| headers.get("authorization"))
-        .map(|v| fingerprint(&String::from_utf8_lossy(v.as_bytes())))
-        .unwrap_or_default();
     let record = RecordedRequest {
         credential,
         method: method.to_string(),
@@ -305,20 +383,22 @@ async fn messages(
             .collect(),
         body: parsed.unwrap_or(Value::Null),
         status,
+        usage,
         received: Some(received),
     };
     lock(&shared.requests).push(record);
     response
 }
 
-fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
+fn answer(shared: &Shared, body: &Value) -> (u16, Response, Option<Value>) {
     let conversation = Conversation::from_request(body);
     if let Some((status, times)) = conversation.flaky() {
         let mut failed = lock(&shared.flaky);
         let count = failed.entry(conversation.prompt.clone()).or_default();
         if *count < times {
             *count += 1;
-            return error_status(status);
+            let (status, response) = error_status(status);
+            return (status, response, None);
         }
     }
     let random = uuid::Uuid::new_v4().simple().to_string();
@@ -328,20 +408,28 @@ fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
         .unwrap_or("claude-fake")
         .to_owned();
     match conversation.reply(&random[..20]) {
-        Reply::Error { status } => error_status(status),
+        Reply::Error { status } => {
+            let (status, response) = error_status(status);
+            (status, response, None)
+        }
         Reply::Message {
             text,
             text_duration_ms,
             tool,
         } => {
+            let input_tokens = (body.to_string().len() / 4).max(1) as u64;
             let message = FakeMessage {
                 id: format!("msg_fake_{}", &random[..20]),
                 model,
-                input_tokens: (body.to_string().len() / 4).max(1) as u64,
+                input_tokens,
+                // Made up, but never 0, so a meter that drops a kind is caught.
+                cache_read_tokens: input_tokens / 3 + 1,
+                cache_creation_tokens: input_tokens / 10 + 1,
                 text,
                 tool,
             };
             let request_id = format!("req_fake_{}", &random[20..]);
+            let usage = message.complete().get("usage").cloned();
             let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let response = if streaming {
                 sse_response(&message, text_duration_ms, &request_id)
@@ -355,7 +443,7 @@ fn answer(shared: &Shared, body: &Value) -> (u16, Response) {
                 )
                     .into_response()
             };
-            (200, response)
+            (200, response, usage)
         }
     }
 }
@@ -372,6 +460,8 @@ struct FakeMessage {
     id: String,
     model: String,
     input_tokens: u64,
+    cache_read_tokens: u64,
+    cache_creation_tokens: u64,
     text: String,
     tool: Option<ToolCall>,
 }
@@ -412,8 +502,10 @@ impl FakeMessage {
         json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": self.content(), "stop_reason": self.stop_reason(), "stop_sequence": null,
-            "usage": {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0, "output_tokens": self.output_tokens()}
+            "usage": {"input_tokens": self.input_tokens,
+                      "cache_creation_input_tokens": self.cache_creation_tokens,
+                      "cache_read_input_tokens": self.cache_read_tokens,
+                      "output_tokens": self.output_tokens()}
         })
     }
 
@@ -426,8 +518,10 @@ impl FakeMessage {
                 json!({"type": "message_start", "message": {
                     "id": self.id, "type": "message", "role": "assistant", "model": self.model,
                     "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0,
-                              "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+                    "usage": {"input_tokens": self.input_tokens,
+                              "cache_creation_input_tokens": self.cache_creation_tokens,
+                              "cache_read_input_tokens": self.cache_read_tokens,
+                              "output_tokens": 1}}}),
             ),
             (Duration::ZERO, "ping".to_owned(), json!({"type": "ping"})),
         ];

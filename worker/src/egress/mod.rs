@@ -8,14 +8,22 @@
 //!   proxy requests (absolute-form) and `CONNECT` tunnels to allowed hosts are forwarded;
 //!   any other host gets a 403 whose body names it.
 //!
+//! Model requests go out on a credential of the pool ([`pool`] decides which, and how
+//! long a request waits while all are rate-limited); their usage is read from the
+//! response as it streams past ([`usage`]) and recorded ([`meter`]).
+//!
 //! Invariants: the real model credential never leaves the worker except on the request to
 //! `model.base_url`; a request without a current session token is never forwarded; no
-//! redirect is followed on a session's behalf (it could lead to a host not allowed).
-//! Decisions are [`policy`]'s (sans-IO); this module is the I/O around them.
+//! redirect is followed on a session's behalf (it could lead to a host not allowed); a
+//! response is never held back to be metered (its bytes are looked at as they pass).
+//! Decisions are [`policy`]'s and [`pool`]'s (sans-IO); this module is the I/O around them.
 
 pub mod budget;
+pub mod meter;
 mod notice;
 pub mod policy;
+pub mod pool;
+pub mod usage;
 
 pub use notice::Notice;
 
@@ -31,14 +39,16 @@ pub use policy::Scope;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use base64::Engine;
-use common::config::{EgressConfig, HostPattern, ModelConfig, Secret};
-use futures::TryStreamExt;
+use common::config::{EgressConfig, HostPattern, ModelConfig, ModelPrice, Secret};
+use futures::{Stream, TryStreamExt};
 use proto::ids::SessionId;
 use std::collections::HashMap;
 use tokio::net::TcpListener;
@@ -46,7 +56,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use meter::{Meter, Row};
 use policy::{Decision, Policy, Refusal, Sessions, Target};
+use pool::{Limits, Outcome, Pick};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use usage::Scanner;
 
 /// The largest request body forwarded (model requests carry images and long
 /// conversations; bodies are read whole before forwarding).
@@ -55,6 +71,8 @@ const MAX_MODEL_REQUEST: usize = 64 * 1024 * 1024;
 const ANTHROPIC_API: &str = "https://api.anthropic.com";
 /// Notices queued for one session's actor before more are dropped.
 const NOTICES: usize = 64;
+/// How many of the pool's notices [`Egress::cooling_notices`] keeps.
+const TOLD_KEPT: usize = 64;
 /// Added to OAuth-authenticated model requests, as the CLI does for its own OAuth logins.
 const OAUTH_BETA: &str = "oauth-2025-04-20";
 
@@ -83,13 +101,51 @@ pub enum Credential {
 }
 
 impl Credential {
-    pub fn from_config(model: &ModelConfig) -> Self {
-        if model.api_key.expose().starts_with("sk-ant-oat") {
-            Credential::OAuth(model.api_key.clone())
+    /// An OAuth token (`sk-ant-oat…`) or else an API key.
+    pub fn from_secret(secret: &Secret) -> Self {
+        if secret.expose().starts_with("sk-ant-oat") {
+            Credential::OAuth(secret.clone())
         } else {
-            Credential::ApiKey(model.api_key.clone())
+            Credential::ApiKey(secret.clone())
         }
     }
+}
+
+/// One credential of the pool, with what logs and the usage record call it.
+#[derive(Debug, Clone)]
+pub struct PoolCredential {
+    pub label: String,
+    pub credential: Credential,
+    pub limits: Limits,
+}
+
+impl PoolCredential {
+    /// No limits of its own.
+    pub fn new(label: impl Into<String>, credential: Credential) -> Self {
+        Self {
+            label: label.into(),
+            credential,
+            limits: Limits {
+                max_concurrency: 0,
+                requests_per_minute: 0,
+            },
+        }
+    }
+}
+
+/// The configured pool; without any credential, one empty key (the model API refuses it
+/// in its own words; a fake model may not check).
+fn pool_or_empty_key(model: &ModelConfig) -> Vec<common::config::ModelCredential> {
+    let pool = model.pool();
+    if !pool.is_empty() {
+        return pool;
+    }
+    vec![common::config::ModelCredential {
+        secret: Secret::default(),
+        label: "default".to_owned(),
+        max_concurrency: 0,
+        requests_per_minute: 0,
+    }]
 }
 
 /// What the gateway forwards to and allows.
@@ -97,18 +153,37 @@ impl Credential {
 pub struct EgressOptions {
     /// `model.base_url`; empty: Anthropic's API.
     pub model_base_url: String,
-    pub credential: Credential,
+    /// `model.credentials` (or `model.api_key`), in order.
+    pub credentials: Vec<PoolCredential>,
+    /// `model.max_wait_s`: how long in total a model request may wait for a credential.
+    pub max_wait: Duration,
+    /// `model.prices`.
+    pub prices: Vec<ModelPrice>,
     /// `egress.allowed_hosts`, parsed.
     pub allowed_hosts: Vec<HostPattern>,
     /// `egress.channel_allowed_hosts`, parsed: channel id → hosts its sessions may reach.
     pub channel_hosts: HashMap<String, Vec<HostPattern>>,
+    /// Where model usage is recorded (`model_usage`); `None`: only logged.
+    pub usage_db: Option<deadpool_postgres::Pool>,
 }
 
 impl EgressOptions {
     pub fn from_config(egress: &EgressConfig, model: &ModelConfig) -> Self {
         Self {
             model_base_url: model.base_url.clone(),
-            credential: Credential::from_config(model),
+            credentials: pool_or_empty_key(model)
+                .iter()
+                .map(|c| PoolCredential {
+                    label: c.label.clone(),
+                    credential: Credential::from_secret(&c.secret),
+                    limits: Limits {
+                        max_concurrency: c.max_concurrency,
+                        requests_per_minute: c.requests_per_minute,
+                    },
+                })
+                .collect(),
+            max_wait: Duration::from_secs(model.max_wait_s),
+            prices: model.prices.clone(),
             allowed_hosts: egress
                 .allowed_hosts
                 .iter()
@@ -122,6 +197,108 @@ impl EgressOptions {
                     (channel.clone(), hosts)
                 })
                 .collect(),
+            usage_db: None,
+        }
+    }
+
+    /// One credential labelled `default`, the built-in prices, no usage record: for tests
+    /// and benchmarks.
+    pub fn single(model_base_url: String, credential: Credential) -> Self {
+        let prices = common::config::Config::load(&common::config::Sources::default())
+            .map(|c| c.model.prices)
+            .unwrap_or_default();
+        Self {
+            model_base_url,
+            credentials: vec![PoolCredential::new("default", credential)],
+            max_wait: Duration::from_secs(300),
+            prices,
+            allowed_hosts: Vec::new(),
+            channel_hosts: HashMap::new(),
+            usage_db: None,
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The gateway's model-request metrics, by credential label (never the secret).
+#[derive(Debug, Clone, Default)]
+pub struct EgressMetrics {
+    /// Model requests sent, by credential and outcome: `ok` (2xx), `rate_limited` (a
+    /// 429/529 with `retry-after`: the credential cooled), `error` (any other status),
+    /// `unreachable` (no answer).
+    pub requests: Family<Labels, Counter>,
+    /// Model requests that had to wait for a credential.
+    pub waits: Counter,
+    /// Tokens the model reported, by credential and kind.
+    pub tokens: Family<Labels, Counter>,
+    /// Their cost at `model.prices`, by credential.
+    pub cost: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl EgressMetrics {
+    /// Registers them, each credential's series created at 0.
+    pub fn register(&self, registry: &mut Registry, labels: &[String]) {
+        for label in labels {
+            for outcome in ["ok", "rate_limited", "error", "unreachable"] {
+                let _ = self.requests.get_or_create(&vec![
+                    ("credential", label.clone()),
+                    ("outcome", outcome.into()),
+                ]);
+            }
+            let _ = self
+                .cost
+                .get_or_create(&vec![("credential", label.clone())]);
+        }
+        registry.register(
+            "egress_model_requests",
+            "Model requests the egress gateway sent, by credential and outcome",
+            self.requests.clone(),
+        );
+        registry.register(
+            "egress_model_waits",
+            "Model requests that waited because every credential was rate-limited or busy",
+            self.waits.clone(),
+        );
+        registry.register(
+            "egress_model_tokens",
+            "Tokens the model reported through the egress gateway, by credential and kind",
+            self.tokens.clone(),
+        );
+        registry.register(
+            "egress_model_cost_usd",
+            "Cost of those tokens at model.prices, by credential",
+            self.cost.clone(),
+        );
+    }
+
+    fn request(&self, label: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&vec![
+                ("credential", label.to_owned()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+    }
+
+    fn usage(&self, label: &str, tokens: &usage::Tokens, cost_usd: f64) {
+        for (kind, n) in [
+            ("input", tokens.input),
+            ("output", tokens.output),
+            ("cache_read", tokens.cache_read),
+            ("cache_write", tokens.cache_creation),
+        ] {
+            self.tokens
+                .get_or_create(&vec![
+                    ("credential", label.to_owned()),
+                    ("kind", kind.into()),
+                ])
+                .inc_by(n);
+        }
+        if cost_usd.is_finite() && cost_usd > 0.0 {
+            self.cost
+                .get_or_create(&vec![("credential", label.to_owned())])
+                .inc_by(cost_usd);
         }
     }
 }
@@ -142,7 +319,19 @@ struct Inner {
     notices: Mutex<HashMap<SessionId, mpsc::Sender<Notice>>>,
     /// Sessions whose model requests wait at a budget, until the thread answers.
     holds: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<Option<Release>>>>,
-    credential: Credential,
+    /// Label and credential, in the pool's order.
+    credentials: Vec<(String, Credential)>,
+    pool: Mutex<pool::Pool>,
+    /// Woken whenever a request on a credential ends (a waiting request may go out).
+    released: tokio::sync::Notify,
+    /// The pool's time is milliseconds since this.
+    epoch: Instant,
+    max_wait: Duration,
+    prices: Vec<ModelPrice>,
+    meter: Meter,
+    metrics: EgressMetrics,
+    /// What the pool decided to tell sessions' threads (see [`Egress::tell_cooling`]).
+    told: Mutex<std::collections::VecDeque<(SessionId, SystemTime)>>,
     upstream: String,
     client: reqwest::Client,
     /// `host:port` containers reach the gateway at.
@@ -189,7 +378,21 @@ impl Egress {
                 channel_hosts: options.channel_hosts,
                 notices: Mutex::default(),
                 holds: Mutex::default(),
-                credential: options.credential,
+                pool: Mutex::new(pool::Pool::new(
+                    options.credentials.iter().map(|c| c.limits.clone()),
+                )),
+                credentials: options
+                    .credentials
+                    .into_iter()
+                    .map(|c| (c.label, c.credential))
+                    .collect(),
+                released: tokio::sync::Notify::new(),
+                epoch: Instant::now(),
+                max_wait: options.max_wait,
+                prices: options.prices,
+                meter: Meter::new(options.usage_db),
+                metrics: EgressMetrics::default(),
+                told: Mutex::default(),
                 upstream,
                 client,
                 advertise,
@@ -201,6 +404,17 @@ impl Egress {
     /// `host:port` containers reach the gateway at.
     pub fn advertise(&self) -> &str {
         &self.inner.advertise
+    }
+
+    /// Registers the gateway's metrics with the worker's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let labels: Vec<String> = self
+            .inner
+            .credentials
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect();
+        self.inner.metrics.register(registry, &labels);
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
@@ -220,6 +434,7 @@ impl Egress {
     pub fn revoke(&self, session: &SessionId) {
         self.sessions().forget(session);
         self.notice_senders().remove(session);
+        self.pool().forget(session);
         self.release(
             session,
             Release::Stop {
@@ -350,15 +565,60 @@ impl Egress {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(
+        let serve = axum::serve(
             listener,
             axum::ServiceExt::<Request<Body>>::into_make_service(service),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-        tunnels.close();
-        tunnels.wait().await;
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // The usage writer runs beside the server and writes what the last responses
+        // handed over once it stopped.
+        let meter_stop = CancellationToken::new();
+        let (served, ()) = tokio::join!(
+            async {
+                let served = serve.await;
+                tunnels.close();
+                tunnels.wait().await;
+                meter_stop.cancel();
+                served
+            },
+            self.inner.meter.run(meter_stop.clone()),
+        );
         served.map_err(Error::Serve)
+    }
+
+    /// Milliseconds on the pool's clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, pool::Pool> {
+        self.inner.pool.lock().expect("egress pool lock")
+    }
+
+    /// The one place where the pool's "tell this session's thread" leaves the gateway:
+    /// every credential is cooling, the session's model requests wait until about
+    /// `resume_at`. Told once per wait (the pool decides).
+    fn tell_cooling(&self, session: &SessionId, resume_at: SystemTime) {
+        let in_s = resume_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs();
+        tracing::info!(session_id = %session, resume_in_s = in_s, "every model credential is rate-limited; the session's requests wait");
+        let resume_at_ms = resume_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.notify(session, Notice::CredentialsCooling { resume_at_ms });
+        let mut told = self.inner.told.lock().expect("egress told lock");
+        if told.len() == TOLD_KEPT {
+            told.pop_front();
+        }
+        told.push_back((session.clone(), resume_at));
+    }
+
+    /// The last sessions the pool has told to wait (up to 64), and until when, oldest first.
+    pub fn cooling_notices(&self) -> Vec<(SessionId, SystemTime)> {
+        let told = self.inner.told.lock().expect("egress told lock");
+        told.iter().cloned().collect()
     }
 
     async fn handle(
@@ -429,46 +689,144 @@ impl Egress {
         let mut headers = forwardable(&parts.headers);
         headers.remove("x-api-key");
         headers.remove(axum::http::header::AUTHORIZATION);
-        match &self.inner.credential {
-            Credential::ApiKey(key) => {
-                if let Ok(value) = HeaderValue::from_str(key.expose()) {
-                    headers.insert("x-api-key", sensitive(value));
-                }
-            }
-            Credential::OAuth(token) => {
-                if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
-                    headers.insert(axum::http::header::AUTHORIZATION, sensitive(value));
-                }
-                let beta = match headers.get("anthropic-beta").and_then(|v| v.to_str().ok()) {
-                    Some(b) if b.split(',').any(|x| x.trim() == OAUTH_BETA) => b.to_owned(),
-                    Some(b) => format!("{b},{OAUTH_BETA}"),
-                    None => OAUTH_BETA.to_owned(),
-                };
-                if let Ok(value) = HeaderValue::from_str(&beta) {
-                    headers.insert("anthropic-beta", value);
-                }
-            }
-        }
         let url = format!("{}{path}", self.inner.upstream);
-        let sent = self
-            .inner
-            .client
-            .request(parts.method, &url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(response) => streamed(response),
-            Err(err) => {
-                tracing::warn!(session_id = %session, error = &err as &dyn std::error::Error, "the model API did not answer");
-                model_error(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    "ccfleet egress gateway: the model API did not answer",
-                )
+        let deadline = self
+            .now_ms()
+            .saturating_add(u64::try_from(self.inner.max_wait.as_millis()).unwrap_or(u64::MAX));
+        // A rate-limited answer kept to hand back as-is if no credential serves in time.
+        let mut held: Option<Response<Body>> = None;
+        let mut waiting = Waiting {
+            egress: self,
+            session: &session,
+            armed: false,
+        };
+        loop {
+            // Registered before asking, so a release between the answer and the wait wakes it.
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            let now = self.now_ms();
+            let pick = self.pool().acquire(&session, now, deadline, waiting.armed);
+            match pick {
+                Pick::Use(index) => {
+                    waiting.armed = false;
+                    let lease = Lease {
+                        egress: self.clone(),
+                        index,
+                        outcome: Outcome::Done,
+                    };
+                    let (label, credential) = &self.inner.credentials[index];
+                    let sent = self
+                        .inner
+                        .client
+                        .request(parts.method.clone(), &url)
+                        .headers(with_credential(&headers, credential))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let response = match sent {
+                        Ok(response) => response,
+                        Err(err) => {
+                            self.inner.metrics.request(label, "unreachable");
+                            tracing::warn!(session_id = %session, credential = %label, error = &err as &dyn std::error::Error, "the model API did not answer");
+                            return model_error(
+                                StatusCode::BAD_GATEWAY,
+                                "api_error",
+                                "ccfleet egress gateway: the model API did not answer",
+                            );
+                        }
+                    };
+                    let status = response.status().as_u16();
+                    if matches!(status, 429 | 529)
+                        && let Some(after) = retry_after(response.headers())
+                    {
+                        let until = self
+                            .now_ms()
+                            .saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+                        self.inner.metrics.request(label, "rate_limited");
+                        tracing::info!(session_id = %session, credential = %label, status, retry_after_s = after.as_secs_f64(), "a model credential is rate-limited; it cools and the request is tried again");
+                        let mut lease = lease;
+                        lease.outcome = Outcome::Cooled { until };
+                        drop(lease);
+                        held = Some(buffered(response).await);
+                        continue;
+                    }
+                    let outcome = if response.status().is_success() {
+                        "ok"
+                    } else {
+                        "error"
+                    };
+                    self.inner.metrics.request(label, outcome);
+                    self.pool().answered(&session);
+                    return self.metered(response, lease, &session);
+                }
+                Pick::Wait { until, tell } => {
+                    if !waiting.armed {
+                        self.inner.metrics.waits.inc();
+                    }
+                    waiting.armed = true;
+                    if let Some(at) = tell {
+                        let resume_at =
+                            SystemTime::now() + Duration::from_millis(at.saturating_sub(now));
+                        self.tell_cooling(&session, resume_at);
+                    }
+                    let wake = until.unwrap_or(deadline).min(deadline).saturating_sub(now);
+                    tokio::select! {
+                        () = released => {}
+                        () = tokio::time::sleep(Duration::from_millis(wake)) => {}
+                    }
+                }
+                Pick::GiveUp => {
+                    waiting.armed = false;
+                    tracing::warn!(session_id = %session, "every model credential stayed rate-limited for model.max_wait_s; the CLI gets the rate limit");
+                    return held.unwrap_or_else(|| {
+                        let mut response = model_error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            "ccfleet egress gateway: every model credential is rate-limited",
+                        );
+                        response
+                            .headers_mut()
+                            .insert("retry-after", HeaderValue::from_static("30"));
+                        response
+                    });
+                }
             }
         }
+    }
+
+    /// The upstream's answer streamed back as it arrives, its usage read on the way and
+    /// recorded when it ends; `lease` is released then.
+    fn metered(
+        &self,
+        response: reqwest::Response,
+        lease: Lease,
+        session: &SessionId,
+    ) -> Response<Body> {
+        let scanner = if response.status().is_success() {
+            response
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Scanner::for_content_type)
+        } else {
+            None
+        };
+        let request_id = response
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (head, stream) = split(response);
+        let body = Metered {
+            stream,
+            scanner,
+            lease: Some(lease),
+            session: session.clone(),
+            request_id,
+        };
+        head.body(Body::from_stream(body))
+            .unwrap_or_else(|_| refusal(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
     }
 
     async fn proxy(&self, req: Request<Body>) -> Response<Body> {
@@ -620,8 +978,10 @@ fn sensitive(mut value: HeaderValue) -> HeaderValue {
     value
 }
 
-/// The upstream's answer, its body streamed as it arrives.
-fn streamed(response: reqwest::Response) -> Response<Body> {
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// The upstream's status and headers (without hop-by-hop ones), and its body as a stream.
+fn split(response: reqwest::Response) -> (axum::http::response::Builder, ByteStream) {
     let mut out = Response::builder().status(response.status().as_u16());
     if let Some(headers) = out.headers_mut() {
         for (name, value) in response.headers() {
@@ -633,9 +993,154 @@ fn streamed(response: reqwest::Response) -> Response<Body> {
             }
         }
     }
-    let body = Body::from_stream(response.bytes_stream().map_err(std::io::Error::other));
-    out.body(body)
+    let stream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
+    (out, stream)
+}
+
+/// The upstream's answer, its body streamed as it arrives.
+fn streamed(response: reqwest::Response) -> Response<Body> {
+    let (head, stream) = split(response);
+    head.body(Body::from_stream(stream))
         .unwrap_or_else(|_| refusal(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
+}
+
+/// The upstream's (small, error) answer read whole, to be handed back later or dropped.
+async fn buffered(response: reqwest::Response) -> Response<Body> {
+    let (head, stream) = split(response);
+    let mut bytes = Vec::new();
+    let mut stream = stream;
+    while let Some(Ok(chunk)) = futures::StreamExt::next(&mut stream).await {
+        if bytes.len() + chunk.len() > 1024 * 1024 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    head.body(Body::from(bytes))
+        .unwrap_or_else(|_| refusal(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
+}
+
+/// `headers` with `credential` added the way the model API takes it.
+fn with_credential(headers: &HeaderMap, credential: &Credential) -> HeaderMap {
+    let mut headers = headers.clone();
+    match credential {
+        Credential::ApiKey(key) => {
+            if let Ok(value) = HeaderValue::from_str(key.expose()) {
+                headers.insert("x-api-key", sensitive(value));
+            }
+        }
+        Credential::OAuth(token) => {
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+                headers.insert(axum::http::header::AUTHORIZATION, sensitive(value));
+            }
+            let beta = match headers.get("anthropic-beta").and_then(|v| v.to_str().ok()) {
+                Some(b) if b.split(',').any(|x| x.trim() == OAUTH_BETA) => b.to_owned(),
+                Some(b) => format!("{b},{OAUTH_BETA}"),
+                None => OAUTH_BETA.to_owned(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&beta) {
+                headers.insert("anthropic-beta", value);
+            }
+        }
+    }
+    headers
+}
+
+/// A `retry-after` in seconds (the model API's form; an HTTP date is not used by it).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    let seconds: f64 = value.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
+}
+
+/// A credential taken from the pool for one request; given back when dropped.
+struct Lease {
+    egress: Egress,
+    index: usize,
+    outcome: Outcome,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let now = self.egress.now_ms();
+        self.egress.pool().release(self.index, now, self.outcome);
+        self.egress.inner.released.notify_waiters();
+    }
+}
+
+/// A request waiting in the pool; one that goes away (its client gave up) stops waiting.
+struct Waiting<'a> {
+    egress: &'a Egress,
+    session: &'a SessionId,
+    armed: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.egress.pool().stop_waiting(self.session);
+        }
+    }
+}
+
+/// A model response's body on its way to the CLI: each chunk is passed on as it comes and
+/// shown to the usage scanner; at its end (or when the CLI goes away) the usage is
+/// recorded and the credential given back.
+struct Metered {
+    stream: ByteStream,
+    scanner: Option<Scanner>,
+    lease: Option<Lease>,
+    session: SessionId,
+    request_id: Option<String>,
+}
+
+impl Metered {
+    fn finish(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Some(usage) = self.scanner.take().and_then(Scanner::finish) {
+            let inner = &lease.egress.inner;
+            let cost_usd = usage::price_of(&inner.prices, &usage.model)
+                .map_or(0.0, |price| usage::cost_usd(price, &usage.tokens));
+            let label = &inner.credentials[lease.index].0;
+            inner.metrics.usage(label, &usage.tokens, cost_usd);
+            inner.meter.record(Row {
+                id: uuid::Uuid::new_v4().to_string(),
+                at: SystemTime::now(),
+                session: self.session.clone(),
+                credential: label.clone(),
+                usage,
+                cost_usd,
+                request_id: self.request_id.take(),
+            });
+        }
+        drop(lease);
+    }
+}
+
+impl Stream for Metered {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let next = this.stream.as_mut().poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(scanner) = &mut this.scanner {
+                    scanner.feed(chunk);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Pending => {}
+        }
+        next
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// A plain-text answer of the gateway's own; the connection closes after it.

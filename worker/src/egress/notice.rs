@@ -14,4 +14,7 @@ pub enum Notice {
         spent: f64,
         limit: f64,
     },
+    /// Every model credential is rate-limited (or at its limits): the session's model
+    /// requests wait until about `resume_at_ms` (Unix milliseconds). Sent once per wait.
+    CredentialsCooling { resume_at_ms: u64 },
 }

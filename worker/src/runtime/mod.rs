@@ -206,7 +206,12 @@ impl From<&ModelConfig> for ModelEnv {
     fn from(model: &ModelConfig) -> Self {
         Self {
             base_url: model.base_url.clone(),
-            api_key: model.api_key.clone(),
+            // The process runtime has no pool: the first credential.
+            api_key: model
+                .pool()
+                .first()
+                .map(|c| c.secret.clone())
+                .unwrap_or_default(),
             model: model.model.clone(),
             max_retries: model.max_retries,
         }
@@ -304,21 +309,23 @@ pub enum Runtime {
 impl Runtime {
     /// The runtime `worker.runtime` names. `worker_id` labels docker containers (see
     /// [`Runtime::cleanup_orphans`]); pass the resolved, stable worker id.
-    /// `fleet` (the `nats.prefix`) labels them too.
+    /// `fleet` (the `nats.prefix`) labels them too. `usage_db`: where the docker runtime's
+    /// egress gateway records model usage.
     pub async fn from_config(
         worker: &WorkerConfig,
         model: &ModelConfig,
         egress: &EgressConfig,
         worker_id: &str,
         fleet: &str,
+        usage_db: Option<deadpool_postgres::Pool>,
     ) -> Result<Self, Error> {
         Ok(match worker.runtime {
-            RuntimeKind::Docker => Runtime::Docker(
-                DockerRuntime::connect(DockerOptions::from_config(
-                    worker, model, egress, worker_id, fleet,
-                ))
-                .await?,
-            ),
+            RuntimeKind::Docker => Runtime::Docker({
+                let mut options =
+                    DockerOptions::from_config(worker, model, egress, worker_id, fleet);
+                options.egress.usage_db = usage_db;
+                DockerRuntime::connect(options).await?
+            }),
             RuntimeKind::Process => Runtime::Process(ProcessRuntime::new(
                 ProcessOptions::from_config(worker, model),
             )),
@@ -366,12 +373,19 @@ impl Runtime {
         }
     }
 
-    /// Registers the runtime's metrics (the warm pool's) with the worker's registry. A
-    /// runtime without a pool registers them at 0, so every worker has the same names.
+    /// Registers the runtime's metrics (the warm pool's, the egress gateway's) with the
+    /// worker's registry. A runtime without them registers them at 0, so every worker has
+    /// the same names.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         match self {
-            Runtime::Docker(rt) => rt.pool_metrics().register(registry),
-            _ => warm::PoolMetrics::default().register(registry),
+            Runtime::Docker(rt) => {
+                rt.pool_metrics().register(registry);
+                rt.egress().register_metrics(registry);
+            }
+            _ => {
+                warm::PoolMetrics::default().register(registry);
+                crate::egress::EgressMetrics::default().register(registry, &[]);
+            }
         }
     }
 

@@ -344,6 +344,20 @@ impl State {
             .unwrap_or_default();
         let (host, port) = match notice {
             crate::egress::Notice::HostRefused { host, port } => (host, port),
+            crate::egress::Notice::CredentialsCooling { resume_at_ms } => {
+                let now = common::now_ms();
+                tracing::info!(
+                    resume_in_ms = resume_at_ms.saturating_sub(now),
+                    "every model credential is rate-limited; telling the thread"
+                );
+                if let Some(live) = self.live.as_mut() {
+                    let text = crate::render::credentials_cooling(resume_at_ms, now);
+                    if let Err(err) = live.replies.create(text, None).await {
+                        tracing::warn!(error = %common::error_chain(&err), "could not tell the thread that the model credentials are cooling");
+                    }
+                }
+                return;
+            }
             crate::egress::Notice::BudgetReached {
                 budget,
                 spent,

@@ -4,6 +4,7 @@
 
 mod chat;
 mod checkpoints;
+mod credentials;
 mod cut_turns;
 mod docker;
 mod domains;

@@ -286,3 +286,73 @@ async fn recorded_cli_request_is_accepted() {
         .unwrap();
     assert_eq!(tool.1["content_block"]["name"], "Write");
 }
+
+#[tokio::test]
+async fn scripted_rate_limits_answer_one_credential_with_retry_after() {
+    let (fake, _cancel) = start().await;
+    let limited = loadtest::fake_model::fingerprint("sk-ant-test-fake");
+    // Set over HTTP, as another process would.
+    let set = reqwest::Client::new()
+        .post(format!("{}/fake/limits", fake.base_url()))
+        .json(&json!({"credential": limited, "status": 529, "retry_after_s": 7, "times": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 204);
+    for _ in 0..2 {
+        let response = post(&fake, &cli_like_body("hello")).await;
+        assert_eq!(response.status(), 529);
+        assert_eq!(response.headers()["retry-after"], "7");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "overloaded_error");
+    }
+    // Used up: answered again, with usage in the stream and in the record.
+    let response = post(&fake, &cli_like_body("hello")).await;
+    assert_eq!(response.status(), 200);
+    let events = sse_events(&response.text().await.unwrap());
+    let start_usage = &events[0].1["message"]["usage"];
+    let delta_usage = &events.iter().find(|(e, _)| e == "message_delta").unwrap().1["usage"];
+    let recorded = fake.message_requests();
+    assert_eq!(
+        recorded.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [529, 529, 200]
+    );
+    assert!(recorded[0].usage.is_none());
+    let usage = recorded[2].usage.clone().unwrap();
+    for key in [
+        "input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ] {
+        assert_eq!(usage[key], start_usage[key], "{key}");
+        assert!(usage[key].as_u64().unwrap() > 0, "{key}");
+    }
+    assert_eq!(usage["output_tokens"], delta_usage["output_tokens"]);
+
+    // Another credential is never limited by it; a limit without `times` lasts until
+    // cleared.
+    fake.limit(loadtest::fake_model::Limit {
+        credential: limited,
+        status: 429,
+        retry_after_s: 1,
+        times: None,
+    });
+    let other = reqwest::Client::new()
+        .post(format!("{}/v1/messages", fake.base_url()))
+        .header("x-api-key", "sk-ant-other")
+        .json(&cli_like_body("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(post(&fake, &cli_like_body("hello")).await.status(), 429);
+    }
+    let cleared = reqwest::Client::new()
+        .delete(format!("{}/fake/limits", fake.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 204);
+    assert_eq!(post(&fake, &cli_like_body("hello")).await.status(), 200);
+}

@@ -180,12 +180,10 @@ impl Harness {
             pool_permission_mode: worker::agent::PermissionMode::Default,
             egress_listen: String::new(),
             egress_advertise: String::new(),
-            egress: worker::egress::EgressOptions {
-                model_base_url: fake.base_url(),
-                credential: worker::egress::Credential::ApiKey(Secret::new("sk-ant-test-fake")),
-                allowed_hosts: Vec::new(),
-                channel_hosts: Default::default(),
-            },
+            egress: worker::egress::EgressOptions::single(
+                fake.base_url(),
+                worker::egress::Credential::ApiKey(Secret::new("sk-ant-test-fake")),
+            ),
         };
         let runtime = match DockerRuntime::connect(options.clone()).await {
             Ok(rt) => Runtime::Docker(rt),
