@@ -165,6 +165,7 @@ impl Worker {
             &config.worker,
             &config.model,
             &config.egress,
+            &config.budgets,
             id.as_str(),
             &config.nats.prefix,
             Some(pool.clone()),

@@ -215,6 +215,11 @@ impl Records {
         Self { pool }
     }
 
+    /// The pool, for readers that live beside the record (the usage record's sums).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         self.pool.get().await.map_err(Error::Pool)
     }

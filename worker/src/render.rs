@@ -724,10 +724,20 @@ fn seconds(s: u64) -> String {
 /// A budget is used up: the session's model requests wait.
 pub fn budget_body(what: &str, spent: f64, limit: f64) -> String {
     format!(
-        "#### :money_with_wings: {} is used up
-${spent:.4} spent of ${limit:.4}. Claude's model requests are held until the session's owner or an approver answers: nothing is lost meanwhile.",
-        capitalize(what)
+        "#### :money_with_wings: {} is used up\n{} spent of {}. Claude's model requests are held until the session's owner or an approver answers: nothing is lost meanwhile.",
+        capitalize(what),
+        dollars(spent),
+        dollars(limit)
     )
+}
+
+/// Dollars with cents, or with more digits for amounts under a cent.
+pub fn dollars(amount: f64) -> String {
+    if amount == 0.0 || amount >= 0.01 {
+        format!("${amount:.2}")
+    } else {
+        format!("${amount:.6}")
+    }
 }
 
 fn capitalize(text: &str) -> String {
@@ -745,7 +755,7 @@ pub fn budget_buttons(top_up: f64) -> Vec<Button> {
     vec![
         Button::new(
             "budgetcontinue",
-            format!("Continue (+${top_up:.2})"),
+            format!("Continue (+{})", dollars(top_up)),
             "primary",
         ),
         Button::new("budgetstop", "Stop", "danger"),
@@ -819,7 +829,7 @@ pub fn verdict(v: &Verdict<'_>) -> String {
             format!(":no_entry: **Denied** by @{by}: requests to it stay refused.")
         }
         Verdict::BudgetContinued { by, top_up } => {
-            format!(":arrow_forward: **Continued** by @{by} with a top-up of ${top_up}")
+            format!(":arrow_forward: **Continued** by @{by} with a top-up of {top_up}")
         }
         Verdict::BudgetStopped { by } => {
             format!(":octagonal_sign: **Stopped** by @{by}: the turn ends here.")

@@ -949,7 +949,7 @@ impl Approvals {
                 .get("amount")
                 .and_then(Value::as_f64)
                 .unwrap_or(top_up);
-            let shown = format!("{top_up:.2}");
+            let shown = render::dollars(top_up);
             let (status, verdict) = match choice {
                 Choice::BudgetContinue => {
                     ("allowed", Verdict::BudgetContinued { by, top_up: &shown })

@@ -252,3 +252,39 @@ pub async fn spend_by_credential(
         .map_err(Error::Query)?;
     Ok(rows.iter().map(|r| (r.get(0), spend_of(r, 1))).collect())
 }
+
+/// What a session's budgets count now: spent by the session, its owner today and its
+/// channel today (UTC), and the top-ups given for each, in dollars. A session without a
+/// record (a warm container's) has no owner or channel.
+pub async fn budget_state(
+    db: &Pool,
+    session_id: &str,
+) -> Result<(super::budget::Amounts, super::budget::Amounts), Error> {
+    let client = db.get().await.map_err(Error::Pool)?;
+    let row = client
+        .query_one(
+            "WITH s AS (SELECT started_by AS user_id, channel_id FROM sessions WHERE session_id = $1),
+                  today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS d)
+             SELECT
+               (SELECT COALESCE(sum(cost_usd), 0)::float8 FROM model_usage WHERE session_id = $1),
+               (SELECT COALESCE(sum(u.cost_usd), 0)::float8 FROM model_usage u, s, today
+                 WHERE u.user_id = s.user_id AND u.day = today.d),
+               (SELECT COALESCE(sum(u.cost_usd), 0)::float8 FROM model_usage u, s, today
+                 WHERE u.channel_id = s.channel_id AND u.day = today.d),
+               (SELECT COALESCE(sum(amount_usd), 0)::float8 FROM budget_top_ups
+                 WHERE budget = 'session' AND session_id = $1),
+               (SELECT COALESCE(sum(t.amount_usd), 0)::float8 FROM budget_top_ups t, s, today
+                 WHERE t.budget = 'user_day' AND t.user_id = s.user_id AND t.day = today.d),
+               (SELECT COALESCE(sum(t.amount_usd), 0)::float8 FROM budget_top_ups t, s, today
+                 WHERE t.budget = 'channel_day' AND t.channel_id = s.channel_id AND t.day = today.d)",
+            &[&session_id],
+        )
+        .await
+        .map_err(Error::Query)?;
+    let amounts = |from: usize| super::budget::Amounts {
+        session: row.get(from),
+        user_day: row.get(from + 1),
+        channel_day: row.get(from + 2),
+    };
+    Ok((amounts(0), amounts(3)))
+}

@@ -165,6 +165,8 @@ pub struct EgressOptions {
     pub channel_hosts: HashMap<String, Vec<HostPattern>>,
     /// Where model usage is recorded (`model_usage`); `None`: only logged.
     pub usage_db: Option<deadpool_postgres::Pool>,
+    /// `budgets.*`: spending caps in dollars, 0 = none (read against `usage_db`).
+    pub budgets: budget::Amounts,
 }
 
 impl EgressOptions {
@@ -198,6 +200,7 @@ impl EgressOptions {
                 })
                 .collect(),
             usage_db: None,
+            budgets: budget::Amounts::default(),
         }
     }
 
@@ -215,6 +218,7 @@ impl EgressOptions {
             allowed_hosts: Vec::new(),
             channel_hosts: HashMap::new(),
             usage_db: None,
+            budgets: budget::Amounts::default(),
         }
     }
 }
@@ -329,6 +333,9 @@ struct Inner {
     max_wait: Duration,
     prices: Vec<ModelPrice>,
     meter: Meter,
+    /// `budgets.*` (0: none) and where spend is read for them.
+    budgets: budget::Amounts,
+    budget_db: Option<deadpool_postgres::Pool>,
     metrics: EgressMetrics,
     /// What the pool decided to tell sessions' threads (see [`Egress::tell_cooling`]).
     told: Mutex<std::collections::VecDeque<(SessionId, SystemTime)>>,
@@ -390,6 +397,8 @@ impl Egress {
                 epoch: Instant::now(),
                 max_wait: options.max_wait,
                 prices: options.prices,
+                budgets: options.budgets,
+                budget_db: options.usage_db.clone(),
                 meter: Meter::new(options.usage_db),
                 metrics: EgressMetrics::default(),
                 told: Mutex::default(),
@@ -457,26 +466,66 @@ impl Egress {
         }
     }
 
-    /// Waits until the thread answers about `session`, held at a budget.
-    #[expect(
-        dead_code,
-        reason = "the budget gate comes with the meter (merge of h-pool)"
-    )]
-    async fn held(&self, session: &SessionId) -> Release {
-        let mut answer = self
-            .inner
+    /// Where the thread's answer about `session`, held at a budget, arrives: subscribed
+    /// before the thread is asked, so no answer is missed.
+    fn hold(&self, session: &SessionId) -> tokio::sync::watch::Receiver<Option<Release>> {
+        self.inner
             .holds
             .lock()
             .expect("egress holds lock")
             .entry(session.clone())
             .or_insert_with(|| tokio::sync::watch::channel(None).0)
-            .subscribe();
-        match answer.wait_for(Option::is_some).await {
-            Ok(release) => release.clone().unwrap_or(Release::Continue),
-            // Not reached: the sender is dropped only after it sent.
-            Err(_) => Release::Stop {
-                by: "ccfleet".into(),
-            },
+            .subscribe()
+    }
+
+    /// Holds a model request of `session` while one of its budgets is used up: the thread
+    /// is asked (once per hold, by the actor's core) and the request waits for its answer:
+    /// continue (after a top-up: the budgets are read again) or stop (`Some`: the answer
+    /// the CLI gets). Budgets that cannot be read let the request go (logged): an outage
+    /// of the record does not stop every session.
+    async fn budget_gate(&self, session: &SessionId) -> Option<Response<Body>> {
+        let limits = self.inner.budgets;
+        if budget::Budget::ALL.iter().all(|b| limits.get(*b) <= 0.0) {
+            return None;
+        }
+        let db = self.inner.budget_db.as_ref()?;
+        loop {
+            let (spent, top_ups) = match meter::budget_state(db, session.as_str()).await {
+                Ok(state) => state,
+                Err(err) => {
+                    tracing::warn!(session_id = %session, error = &err as &dyn std::error::Error, "budgets could not be read; the request goes out");
+                    return None;
+                }
+            };
+            let reached = budget::check(&limits, &spent, &top_ups)?;
+            let mut answer = self.hold(session);
+            tracing::info!(session_id = %session, budget = reached.budget.as_str(), spent = reached.spent, limit = reached.limit, "a budget is used up; the model request is held");
+            self.notify(
+                session,
+                Notice::BudgetReached {
+                    budget: reached.budget,
+                    spent: reached.spent,
+                    limit: reached.limit,
+                },
+            );
+            let release = match answer.wait_for(Option::is_some).await {
+                Ok(release) => release.clone().unwrap_or(Release::Continue),
+                Err(_) => Release::Stop {
+                    by: "ccfleet".into(),
+                },
+            };
+            match release {
+                Release::Continue => continue,
+                Release::Stop { by } => {
+                    return Some(model_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        &format!(
+                            "ccfleet: a spending budget is used up and @{by} stopped this turn."
+                        ),
+                    ));
+                }
+            }
         }
     }
 
@@ -686,6 +735,9 @@ impl Egress {
                 );
             }
         };
+        if let Some(stopped) = self.budget_gate(&session).await {
+            return stopped;
+        }
         let mut headers = forwardable(&parts.headers);
         headers.remove("x-api-key");
         headers.remove(axum::http::header::AUTHORIZATION);

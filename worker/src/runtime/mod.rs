@@ -310,11 +310,12 @@ impl Runtime {
     /// The runtime `worker.runtime` names. `worker_id` labels docker containers (see
     /// [`Runtime::cleanup_orphans`]); pass the resolved, stable worker id.
     /// `fleet` (the `nats.prefix`) labels them too. `usage_db`: where the docker runtime's
-    /// egress gateway records model usage.
+    /// egress gateway records model usage and reads it against `budgets`.
     pub async fn from_config(
         worker: &WorkerConfig,
         model: &ModelConfig,
         egress: &EgressConfig,
+        budgets: &common::config::BudgetsConfig,
         worker_id: &str,
         fleet: &str,
         usage_db: Option<deadpool_postgres::Pool>,
@@ -324,6 +325,7 @@ impl Runtime {
                 let mut options =
                     DockerOptions::from_config(worker, model, egress, worker_id, fleet);
                 options.egress.usage_db = usage_db;
+                options.egress.budgets = crate::egress::budget::Amounts::from(budgets);
                 DockerRuntime::connect(options).await?
             }),
             RuntimeKind::Process => Runtime::Process(ProcessRuntime::new(

@@ -403,8 +403,9 @@ impl State {
     }
 
     /// Records a top-up (continue) and lets the session's held model requests go on, or
-    /// refuses them (stop) so the turn ends. The top-up is stored before anything goes on:
-    /// an error is retried with the answer's event.
+    /// stops the turn (the CLI is interrupted first, so it does not try the refused request
+    /// again) and refuses what is held. The top-up is stored before anything goes on: an
+    /// error is retried with the answer's event.
     async fn release_budget(
         &mut self,
         budget: &str,
@@ -412,6 +413,10 @@ impl State {
         go_on: bool,
         by: &str,
     ) -> Result<(), Error> {
+        if !go_on {
+            // Boxed: interrupting denies what waits, which runs effects again.
+            Box::pin(self.interrupt(by)).await;
+        }
         let Some(live) = self.live.as_ref() else {
             return Ok(());
         };

@@ -31,6 +31,34 @@ impl State {
             .contains(user_id)
     }
 
+    /// Spend against the configured budgets, for `/claude status` (none configured, or no
+    /// live session: nothing).
+    async fn budget_status(&self) -> Option<String> {
+        use crate::egress::budget::{Amounts, Budget};
+        let limits = Amounts::from(&self.ctx.config.budgets);
+        let live = self.live.as_ref()?;
+        if Budget::ALL.iter().all(|b| limits.get(*b) <= 0.0) {
+            return None;
+        }
+        let (spent, top_ups) =
+            crate::egress::meter::budget_state(self.ctx.records.pool(), &live.row.session_id)
+                .await
+                .ok()?;
+        let parts: Vec<String> = Budget::ALL
+            .into_iter()
+            .filter(|b| limits.get(*b) > 0.0)
+            .map(|b| {
+                format!(
+                    "{}: {} of {}",
+                    b.describe(&live.row.started_by_name),
+                    render::dollars(spent.get(b)),
+                    render::dollars(limits.get(b) + top_ups.get(b))
+                )
+            })
+            .collect();
+        Some(format!("Budgets — {}", parts.join(" · ")))
+    }
+
     pub(super) async fn status(&mut self, event: &ChatEvent) {
         /// How many turns `/claude status` links to their traces.
         const RECENT_TRACES: i64 = 5;
@@ -56,6 +84,10 @@ impl State {
                 usage.3
             ),
             None => format!("Session on worker `{}`, not started yet.", self.ctx.id),
+        };
+        let text = match self.budget_status().await {
+            Some(budgets) => format!("{text}\n{budgets}"),
+            None => text,
         };
         let trace_url = &self.ctx.config.telemetry.trace_url;
         let text = if trace_url.is_empty() {

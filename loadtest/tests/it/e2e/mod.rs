@@ -2,6 +2,7 @@
 //! Garage, the real Claude Code CLI (process runtime here; docker in `docker.rs`), the fake
 //! model and the simulator — acting as users through the simulator's public API.
 
+mod budgets;
 mod chat;
 mod checkpoints;
 mod credentials;

@@ -541,7 +541,7 @@ fn a_used_up_budget_is_asked_once_and_continue_raises_it_from_what_was_spent() {
     );
     let (text, buttons) = w.posts.values().next().unwrap().clone();
     assert!(text.contains("@alice's daily budget is used up"), "{text}");
-    assert!(text.contains("$1.2500 spent of $1.0000"), "{text}");
+    assert!(text.contains("$1.25 spent of $1.00"), "{text}");
     let ids: Vec<_> = buttons
         .unwrap()
         .buttons
