@@ -356,6 +356,18 @@ enum Then {
     },
 }
 
+/// An approval the thread is asked that no CLI request waits for.
+struct Unasked {
+    approval: String,
+    kind: Kind,
+    session_id: String,
+    event_id: String,
+    /// What the row names in `tool_name`: the host, the budget; empty for a guest.
+    subject: String,
+    input: Value,
+    now_ms: i64,
+}
+
 /// A bounded memory of ids, oldest forgotten first.
 #[derive(Debug, Default)]
 struct Recent {
@@ -617,40 +629,15 @@ impl Approvals {
             "text": held.text,
             "event": held.event,
         });
-        let (text, buttons) = prompt(Kind::Guest, "", &input, 0);
-        let row = ApprovalRow {
-            approval_id: held.approval.clone(),
-            thread_id: self.thread.clone(),
+        self.ask_thread(Unasked {
+            approval: held.approval,
+            kind: Kind::Guest,
             session_id: held.session_id,
             event_id: held.event.event_id.clone(),
-            request_id: String::new(),
-            incarnation: String::new(),
-            kind: Kind::Guest.as_str().into(),
-            tool_name: String::new(),
-            input: input.to_string(),
-            fingerprint: String::new(),
-            post_ref: 0,
-            status: "pending".into(),
-            progress: None,
-            answer: None,
-            decided_by_name: None,
-            delivered: false,
-            expires_at_ms: held.now_ms.saturating_add(HELD_FOR_MS),
-        };
-        self.posting.insert(
-            held.approval.clone(),
-            Posting {
-                row: row.clone(),
-                request: None,
-                text,
-                buttons: Buttons {
-                    approval: held.approval,
-                    step: 0,
-                    buttons,
-                },
-            },
-        );
-        vec![Effect::Insert(row)]
+            subject: String::new(),
+            input,
+            now_ms: held.now_ms,
+        })
     }
 
     /// The session's egress gateway refused `host`: ask the thread, unless it was asked
@@ -664,40 +651,15 @@ impl Approvals {
             DomainState::Asked(asked.approval.clone()),
         );
         let input = serde_json::json!({"host": asked.host, "port": asked.port});
-        let (text, buttons) = prompt(Kind::Domain, &asked.host, &input, 0);
-        let row = ApprovalRow {
-            approval_id: asked.approval.clone(),
-            thread_id: self.thread.clone(),
+        self.ask_thread(Unasked {
+            approval: asked.approval,
+            kind: Kind::Domain,
             session_id: asked.session_id,
             event_id: asked.event_id,
-            request_id: String::new(),
-            incarnation: String::new(),
-            kind: Kind::Domain.as_str().into(),
-            tool_name: asked.host,
-            input: input.to_string(),
-            fingerprint: String::new(),
-            post_ref: 0,
-            status: "pending".into(),
-            progress: None,
-            answer: None,
-            decided_by_name: None,
-            delivered: false,
-            expires_at_ms: asked.now_ms.saturating_add(HELD_FOR_MS),
-        };
-        self.posting.insert(
-            asked.approval.clone(),
-            Posting {
-                row: row.clone(),
-                request: None,
-                text,
-                buttons: Buttons {
-                    approval: asked.approval,
-                    step: 0,
-                    buttons,
-                },
-            },
-        );
-        vec![Effect::Insert(row)]
+            subject: asked.host,
+            input,
+            now_ms: asked.now_ms,
+        })
     }
 
     /// A budget is used up: ask whether to continue, unless a budget prompt waits already.
@@ -715,7 +677,24 @@ impl Approvals {
             // What is recorded on "continue": up to what was spent, then the top-up.
             "amount": (asked.spent - asked.limit).max(0.0) + asked.top_up,
         });
-        let (text, buttons) = prompt(Kind::Budget, "", &input, 0);
+        let mut effects = vec![Effect::Status(Status::WaitingForApproval)];
+        effects.extend(self.ask_thread(Unasked {
+            approval: asked.approval,
+            kind: Kind::Budget,
+            session_id: asked.session_id,
+            event_id: asked.event_id,
+            subject: asked.budget,
+            input,
+            now_ms: asked.now_ms,
+        }));
+        effects
+    }
+
+    /// Stores an approval no CLI request waits for (a held message, a host, a budget),
+    /// then posts its prompt (see [`Approvals::recorded`]). It stays answerable for
+    /// [`HELD_FOR_MS`]: it blocks no request of the CLI, so it has no timeout of its own.
+    fn ask_thread(&mut self, asked: Unasked) -> Vec<Effect> {
+        let (text, buttons) = prompt(asked.kind, &asked.subject, &asked.input, 0);
         let row = ApprovalRow {
             approval_id: asked.approval.clone(),
             thread_id: self.thread.clone(),
@@ -723,9 +702,9 @@ impl Approvals {
             event_id: asked.event_id,
             request_id: String::new(),
             incarnation: String::new(),
-            kind: Kind::Budget.as_str().into(),
-            tool_name: asked.budget,
-            input: input.to_string(),
+            kind: asked.kind.as_str().into(),
+            tool_name: asked.subject,
+            input: asked.input.to_string(),
             fingerprint: String::new(),
             post_ref: 0,
             status: "pending".into(),
@@ -748,10 +727,7 @@ impl Approvals {
                 },
             },
         );
-        vec![
-            Effect::Status(Status::WaitingForApproval),
-            Effect::Insert(row),
-        ]
+        vec![Effect::Insert(row)]
     }
 
     /// The session's earlier answers about hosts (its `domain` approvals, from the

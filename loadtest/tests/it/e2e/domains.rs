@@ -7,7 +7,6 @@
 //! that takes the thread over after its first one dies.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -16,67 +15,13 @@ use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
 use loadtest::mmsim::client::EventKind;
 use loadtest::mmsim::model::Post;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::support::{
-    answers, bot_posts, eventually, fleet_with, member, react_when_known, wait_for_post,
+    Probe, REPLY, answers, bot_posts, eventually, fleet_with, member, react_when_known,
+    wait_for_post,
 };
 
-const REPLY: &str = "hello-from-a-new-host";
 const TURN: Duration = Duration::from_secs(240);
-
-/// A listener of the test's own: a small HTTP 200 to every connection; keeps the request
-/// lines it received.
-struct Host {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Host {
-    async fn start(ip: [u8; 4]) -> Self {
-        let listener = tokio::net::TcpListener::bind((std::net::IpAddr::from(ip), 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(0);
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    log.lock()
-                        .unwrap()
-                        .push(text.lines().next().unwrap_or("").to_owned());
-                    let body = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REPLY}",
-                        REPLY.len()
-                    );
-                    let _ = stream.write_all(body.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Self { addr, seen, task }
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// The message whose turn asks `host` for `/name` through the session's proxy (the way
 /// any HTTP client in the container would) and prints the answer between markers.
@@ -158,8 +103,8 @@ async fn turn(fleet: &LocalFleet, root: &str, text: &str, answered: usize) {
 #[tokio::test]
 async fn a_refused_host_is_asked_about_in_the_thread_and_the_answer_holds() {
     let env = TestEnv::new().await;
-    let allowed_later = Host::start([127, 0, 0, 3]).await;
-    let denied = Host::start([127, 0, 0, 4]).await;
+    let allowed_later = Probe::start([127, 0, 0, 3].into()).await;
+    let denied = Probe::start([127, 0, 0, 4].into()).await;
     let mut fleet = fleet_with(&env, 1, 2, RuntimeKind::Docker, "bypassPermissions", |_| {}).await;
     let bob = member(&fleet, "bob").await;
 

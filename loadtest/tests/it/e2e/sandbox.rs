@@ -7,68 +7,15 @@
 //! Every probe targets listeners of this test's own, on this machine.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::support::{answers, eventually, fleet_with};
+use super::support::{Probe, REPLY, answers, eventually, fleet_with};
 
 const REAL_KEY: &str = "sk-ant-test-fake";
-const REPLY: &str = "hello-from-probe";
-
-/// A listener of the test's own: answers every connection with a small HTTP 200 and
-/// keeps what it received.
-struct Probe {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Probe {
-    async fn start(ip: IpAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(0);
-                    log.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                    let body = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REPLY}",
-                        REPLY.len()
-                    );
-                    let _ = stream.write_all(body.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Self { addr, seen, task }
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A container of the test's own on a Docker network of its own, listening on 9418 (git
 /// daemon from the runner image); removed on drop.

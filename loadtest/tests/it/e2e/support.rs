@@ -200,3 +200,60 @@ pub fn skip_unless_ci(what: &str, reason: &str) {
     );
     eprintln!("skipped: {reason}");
 }
+
+/// What a [`Probe`] answers.
+pub const REPLY: &str = "hello-from-probe";
+
+/// A listener of the test's own: answers every connection with a small HTTP 200 and
+/// keeps what it received.
+pub struct Probe {
+    pub addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    pub async fn start(ip: std::net::IpAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    let body = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REPLY}",
+                        REPLY.len()
+                    );
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, body.as_bytes()).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    /// What each connection sent, whole.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
