@@ -476,6 +476,11 @@ pub struct RepositoryConfig {
     /// A changed file larger than this is not pushed (the thread is told); 0: no limit.
     #[serde(default = "default_max_push_file_bytes")]
     pub max_push_file_bytes: u64,
+    /// Sessions without a repository offer to push the files their turns make here, each
+    /// on a branch of its own (`ccfleet/<thread>`), with a merge/pull request when the
+    /// provider has one. At most one repository has it.
+    #[serde(default)]
+    pub generated_files: bool,
 }
 
 fn default_clone_depth() -> u32 {
@@ -1126,6 +1131,12 @@ impl Config {
                 return Err(Error::invalid(
                     &format!("{key}.name"),
                     "is used by another repository",
+                ));
+            }
+            if repo.generated_files && earlier.iter().any(|other| other.generated_files) {
+                return Err(Error::invalid(
+                    &format!("{key}.generated_files"),
+                    "is set on another repository already (one takes the generated files)",
                 ));
             }
             for channel in &repo.channels {

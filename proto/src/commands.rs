@@ -15,6 +15,7 @@ pub enum Action {
     Invite,
     Kick,
     Permissions,
+    Repo,
 }
 
 /// One `/claude <verb>`.
@@ -85,6 +86,15 @@ pub const VERBS: &[Verb] = &[
         in_thread: true,
         as_message: false,
         summary: "ask before each tool use from now on (a session's mode is only ever made stricter)",
+    },
+    Verb {
+        name: "repo",
+        aliases: &["repository"],
+        args: "NAME [BRANCH]",
+        action: Action::Repo,
+        in_thread: true,
+        as_message: false,
+        summary: "work on a configured repository (its files in the workspace; Push after changes opens a merge/pull request)",
     },
     Verb {
         name: "help",

@@ -41,6 +41,8 @@ pub enum Command {
     Invite(Vec<String>),
     Kick(Vec<String>),
     Permissions(String),
+    /// `repo NAME [BRANCH]`.
+    Repo(String),
 }
 
 fn usernames(rest: &str) -> Vec<String> {
@@ -67,6 +69,7 @@ fn parse(text: &str) -> Option<(Command, &'static commands::Verb)> {
         Action::Invite => Command::Invite(usernames(rest)),
         Action::Kick => Command::Kick(usernames(rest)),
         Action::Permissions => Command::Permissions(rest.trim().to_owned()),
+        Action::Repo => Command::Repo(rest.trim().to_owned()),
         // The gateway answers it; a worker never sees it.
         Action::Help => return None,
     };

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub health: std::sync::Arc<Health>,
     /// What the worker counts (served at `/metrics`).
     pub stats: crate::stats::Stats,
+    /// The repositories sessions start from and push to.
+    pub repos: crate::repo::Repos,
 }
 
 /// The worker's background loops that are down (each restarts itself with backoff): the

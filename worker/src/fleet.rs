@@ -46,6 +46,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the repositories' git could not be set up")]
+    Repos(#[from] crate::repo::git::Error),
     #[error("could not serve metrics on {addr}")]
     Metrics {
         addr: String,
@@ -197,6 +199,7 @@ impl Worker {
             slot_freed: Notify::new(),
             evict_idle: Notify::new(),
             stats: crate::stats::Stats::with_model(&config.model.model),
+            repos: crate::repo::Repos::new(&config.repositories)?,
             config,
             id,
             fabric,

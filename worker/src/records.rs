@@ -59,7 +59,23 @@ pub const MIGRATIONS: &[Migration] = &[
         version: "0011_budget_top_ups",
         sql: include_str!("../migrations/0011_budget_top_ups.sql"),
     },
+    Migration {
+        version: "0012_session_repositories",
+        sql: include_str!("../migrations/0012_session_repositories.sql"),
+    },
 ];
+
+/// The repository a session works on (`migrations/0012_session_repositories.sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRepo {
+    pub repo: String,
+    pub branch: String,
+    /// The branch reviews target.
+    pub base: String,
+    /// The commit the branch started from.
+    pub start_commit: String,
+    pub review_url: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -738,6 +754,70 @@ impl Records {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals
              WHERE thread_id = $1 AND kind = 'domain' ORDER BY created_at"
+        );
+        let rows = self.query(&sql, &[&thread]).await?;
+        Ok(rows.iter().map(approval_row).collect())
+    }
+
+    /// The repository the session works on, if any.
+    pub async fn session_repo(&self, thread: &str) -> Result<Option<SessionRepo>, Error> {
+        let rows = self
+            .query(
+                "SELECT repo, branch, base, start_commit, review_url
+                 FROM session_repositories WHERE thread_id = $1",
+                &[&thread],
+            )
+            .await?;
+        Ok(rows.first().map(|r| SessionRepo {
+            repo: r.get(0),
+            branch: r.get(1),
+            base: r.get(2),
+            start_commit: r.get(3),
+            review_url: r.get(4),
+        }))
+    }
+
+    /// Records the session's repository once it is checked out. A session keeps the first
+    /// one recorded: `false` when it already had one.
+    pub async fn set_session_repo(&self, thread: &str, repo: &SessionRepo) -> Result<bool, Error> {
+        self.execute(
+            "INSERT INTO session_repositories (thread_id, repo, branch, base, start_commit)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (thread_id) DO NOTHING",
+            &[
+                &thread,
+                &repo.repo,
+                &repo.branch,
+                &repo.base,
+                &repo.start_commit,
+            ],
+        )
+        .await
+        .map(|n| n == 1)
+    }
+
+    /// Records a push: its commit and its review, if one was opened or updated.
+    pub async fn set_pushed(
+        &self,
+        thread: &str,
+        commit: &str,
+        review_url: Option<&str>,
+    ) -> Result<(), Error> {
+        self.execute(
+            "UPDATE session_repositories
+             SET pushed_commit = $2, review_url = COALESCE($3, review_url), updated_at = now()
+             WHERE thread_id = $1",
+            &[&thread, &commit, &review_url],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Pushes someone asked for that were not carried out (their worker stopped first).
+    pub async fn unfinished_pushes(&self, thread: &str) -> Result<Vec<ApprovalRow>, Error> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals
+             WHERE thread_id = $1 AND kind = 'push' AND status = 'allowed' AND delivered_at IS NULL
+             ORDER BY created_at"
         );
         let rows = self.query(&sql, &[&thread]).await?;
         Ok(rows.iter().map(approval_row).collect())

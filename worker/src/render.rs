@@ -14,6 +14,8 @@ pub struct Header<'a> {
     pub permission_mode: &'a str,
     pub worker: &'a str,
     pub status: Status,
+    /// The repository the session works on, and its branch.
+    pub repo: Option<(&'a str, &'a str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +53,15 @@ pub fn header(h: &Header<'_>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let repo = h.repo.map_or_else(String::new, |(name, branch)| {
+        format!("| Repository | `{name}` on branch `{branch}` |\n")
+    });
     format!(
         "#### :robot_face: Claude Code session\n\
          | | |\n|---|---|\n\
          | Started by | @{} |\n\
          | Participants | {} |\n\
+         {repo}\
          | Permission mode | `{}` |\n\
          | Worker | `{}` |\n\
          | Status | {} |",
@@ -65,6 +71,57 @@ pub fn header(h: &Header<'_>) -> String {
         h.worker,
         h.status.text()
     )
+}
+
+/// The session starts from a repository: what was checked out.
+pub fn repo_started(repo: &str, branch: &str, from: &str, files: usize) -> String {
+    format!(
+        ":package: Started from `{repo}`: branch `{branch}` (from `{from}`), {files} file{} in the workspace. After a turn that changes files, **Push** commits them to the branch and opens a review.",
+        if files == 1 { "" } else { "s" }
+    )
+}
+
+/// The session's repository could not be checked out (the turn still runs, in an empty
+/// workspace, unless the words say otherwise).
+pub fn repo_unusable(words: &str) -> String {
+    format!(":warning: {words}")
+}
+
+/// A turn changed a repository session's files: offer to push them.
+pub fn push_body(repo: &str, branch: &str, files: &[String], confirm: bool) -> String {
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = files.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
+    if files.len() > SHOWN {
+        list.push(format!("and {} more", files.len() - SHOWN));
+    }
+    let what = if confirm {
+        "Push the files held back as possible secrets too".to_owned()
+    } else {
+        "Push the changes".to_owned()
+    };
+    format!(
+        "#### :arrow_up: {what} to `{repo}`?\nBranch `{branch}`; changed: {}.",
+        if list.is_empty() {
+            "nothing listed".to_owned()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
+pub const PUSH_HINT: &str =
+    "Push with the button (owner or approvers), or react :+1: push · :-1: not now.";
+
+pub fn push_buttons() -> Vec<Button> {
+    vec![
+        Button::new("push", "Push", "primary"),
+        Button::new("pushskip", "Not now", "default"),
+    ]
+}
+
+/// A push failed, in plain words.
+pub fn push_failed(words: &str) -> String {
+    format!(":x: **Not pushed.** {words}")
 }
 
 fn str_field<'a>(input: &'a Value, key: &str) -> &'a str {
@@ -787,6 +844,8 @@ pub enum Verdict<'a> {
     DomainDenied { by: &'a str },
     BudgetContinued { by: &'a str, top_up: &'a str },
     BudgetStopped { by: &'a str },
+    Pushing { by: &'a str },
+    PushDeclined { by: &'a str },
 }
 
 pub fn verdict(v: &Verdict<'_>) -> String {
@@ -833,6 +892,10 @@ pub fn verdict(v: &Verdict<'_>) -> String {
         }
         Verdict::BudgetStopped { by } => {
             format!(":octagonal_sign: **Stopped** by @{by}: the turn ends here.")
+        }
+        Verdict::Pushing { by } => format!(":arrow_up: **Push** asked by @{by}"),
+        Verdict::PushDeclined { by } => {
+            format!(":heavy_minus_sign: **Not pushed** (@{by}); a later change offers it again.")
         }
     }
 }
@@ -948,7 +1011,32 @@ mod tests {
             permission_mode: "default",
             worker: "worker-1",
             status: Status::Working,
+            repo: None,
         }));
+    }
+
+    #[test]
+    fn a_repository_session_shows_its_repository_and_branch() {
+        let text = header(&Header {
+            started_by: "alice",
+            participants: &[],
+            permission_mode: "default",
+            worker: "worker-1",
+            status: Status::Idle,
+            repo: Some(("web", "ccfleet/k5xq1a9wjb")),
+        });
+        assert!(
+            text.contains("| Participants | @alice |\n| Repository | `web` on branch `ccfleet/k5xq1a9wjb` |\n| Permission mode |"),
+            "{text}"
+        );
+        let offer = push_body(
+            "web",
+            "ccfleet/x",
+            &(0..12).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+            false,
+        );
+        assert!(offer.contains("`f9`, and 2 more"), "{offer}");
+        assert!(push_body("web", "b", &[], true).contains("held back as possible secrets"));
     }
 
     #[test]

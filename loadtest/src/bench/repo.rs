@@ -141,6 +141,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
         channels: vec![],
         clone_depth: 1,
         max_push_file_bytes: 0,
+        generated_files: false,
     };
     let big = worker::repo::Repo::new(config("bench/big"), askpass.clone());
     let empty = worker::repo::Repo::new(config("bench/empty"), askpass);
@@ -156,6 +157,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
                 dir.join("repo.git"),
                 dir.join("workspace"),
                 &branch,
+                None,
                 None,
                 true,
             )
@@ -180,6 +182,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
                 full_dir.join("repo.git"),
                 full_dir.join("workspace"),
                 &branch,
+                None,
                 None,
                 true,
             )

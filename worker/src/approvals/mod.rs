@@ -10,7 +10,7 @@ pub mod state;
 
 pub use state::{
     Answer, Approvals, Asked, Attempt, BudgetAsked, Buttons, DomainAsked, Effect, Held, Options,
-    Outcome, Person, Via, Withdrawal,
+    Outcome, Person, PushAsked, Via, Withdrawal,
 };
 
 use std::collections::BTreeMap;
@@ -35,6 +35,9 @@ pub enum Kind {
     /// A budget was reached and the session's model requests are held: continue with a
     /// top-up, or stop.
     Budget,
+    /// A turn changed the files of a repository session: push them (commit, branch,
+    /// merge/pull request), or not now.
+    Push,
 }
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Guest => "guest",
             Kind::Domain => "domain",
             Kind::Budget => "budget",
+            Kind::Push => "push",
         }
     }
 
@@ -65,6 +69,7 @@ impl Kind {
             "guest" => Kind::Guest,
             "domain" => Kind::Domain,
             "budget" => Kind::Budget,
+            "push" => Kind::Push,
             _ => return None,
         })
     }
@@ -96,6 +101,8 @@ pub enum Choice {
     DomainDeny,
     BudgetContinue,
     BudgetStop,
+    Push,
+    PushSkip,
 }
 
 impl Choice {
@@ -117,6 +124,8 @@ impl Choice {
             (Kind::Domain, "domaindeny") => Choice::DomainDeny,
             (Kind::Budget, "budgetcontinue") => Choice::BudgetContinue,
             (Kind::Budget, "budgetstop") => Choice::BudgetStop,
+            (Kind::Push, "push") => Choice::Push,
+            (Kind::Push, "pushskip") => Choice::PushSkip,
             _ => return None,
         })
     }
@@ -136,6 +145,8 @@ impl Choice {
             (Kind::Domain, "-1" | "thumbsdown") => Choice::DomainDeny,
             (Kind::Budget, "+1" | "thumbsup") => Choice::BudgetContinue,
             (Kind::Budget, "-1" | "thumbsdown") => Choice::BudgetStop,
+            (Kind::Push, "+1" | "thumbsup" | "rocket") => Choice::Push,
+            (Kind::Push, "-1" | "thumbsdown") => Choice::PushSkip,
             _ => return None,
         })
     }
@@ -155,6 +166,8 @@ impl Choice {
             Choice::DomainDeny => "domain_deny".into(),
             Choice::BudgetContinue => "budget_continue".into(),
             Choice::BudgetStop => "budget_stop".into(),
+            Choice::Push => "push".into(),
+            Choice::PushSkip => "push_skip".into(),
         }
     }
 }
@@ -268,7 +281,29 @@ pub fn prompt(kind: Kind, tool_name: &str, input: &Value, step: usize) -> (Strin
             render::with_footer(&budget_body(input), render::BUDGET_HINT),
             render::budget_buttons(num(input, "top_up")),
         ),
+        Kind::Push => (
+            render::with_footer(&push_body(input), render::PUSH_HINT),
+            render::push_buttons(),
+        ),
     }
+}
+
+fn push_body(input: &Value) -> String {
+    let text = |key: &str| input.get(key).and_then(Value::as_str).unwrap_or("");
+    let files: Vec<String> = input
+        .get("files")
+        .cloned()
+        .and_then(|f| serde_json::from_value(f).ok())
+        .unwrap_or_default();
+    render::push_body(
+        text("repo"),
+        text("branch"),
+        &files,
+        input
+            .get("confirm")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    )
 }
 
 fn num(input: &Value, key: &str) -> f64 {
@@ -317,6 +352,7 @@ pub fn body(kind: Kind, tool_name: &str, input: &Value) -> String {
         }
         Kind::Domain => domain_body(input),
         Kind::Budget => budget_body(input),
+        Kind::Push => push_body(input),
     }
 }
 

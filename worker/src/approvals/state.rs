@@ -116,6 +116,28 @@ pub struct BudgetAsked {
     pub now_ms: i64,
 }
 
+/// A turn changed a repository session's files: offer to push them.
+#[derive(Debug, Clone)]
+pub struct PushAsked {
+    pub approval: String,
+    pub session_id: String,
+    /// The repository's name and the session's branch.
+    pub repo: String,
+    pub branch: String,
+    /// What changed (shown; the push takes whatever changed by then).
+    pub files: Vec<String>,
+    /// The request the commit message is made from.
+    pub request: String,
+    /// Files held back as possible secrets are pushed too (the thread confirms that).
+    pub confirm: bool,
+    /// A session without a repository: `files` are copied onto the session's branch of
+    /// the repository that takes generated files.
+    pub generated: bool,
+    /// The prompt whose turn changed the files.
+    pub event_id: String,
+    pub now_ms: i64,
+}
+
 /// How someone answered: the button's action id, or the reaction's emoji.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
@@ -271,6 +293,19 @@ pub enum Effect {
         host: String,
         session_wide: bool,
     },
+    /// Push the session's changes (commit as `username`, push the branch, open or update
+    /// its review), tell the thread how it went, then record the approval delivered.
+    Push {
+        approval: String,
+        user_id: String,
+        username: String,
+        request: String,
+        confirm: bool,
+        /// Copy `files` onto the branch of the repository that takes generated files (a
+        /// session without a repository).
+        generated: bool,
+        files: Vec<String>,
+    },
     /// Let the session's held model requests go on after recording a top-up of `top_up`
     /// to `budget` (`go_on`), or refuse them so the turn ends (`by` stopped it).
     Release {
@@ -354,6 +389,14 @@ enum Then {
         text: String,
         post: LocalRef,
     },
+    /// Someone said push, or not now.
+    Push {
+        choice: Choice,
+        input: Value,
+        by: Person,
+        text: String,
+        post: LocalRef,
+    },
 }
 
 /// An approval the thread is asked that no CLI request waits for.
@@ -415,6 +458,9 @@ pub struct Approvals {
     domains: BTreeMap<String, DomainState>,
     /// The budget prompt waiting for an answer, if any: one at a time.
     budget: Option<String>,
+    /// The push offer waiting for an answer, if any: one at a time (it pushes whatever
+    /// changed by the time it is answered).
+    push: Option<String>,
 }
 
 /// What the thread said of a host.
@@ -477,6 +523,7 @@ impl Approvals {
             requests: Recent::default(),
             domains: BTreeMap::new(),
             budget: None,
+            push: None,
         }
     }
 
@@ -690,6 +737,32 @@ impl Approvals {
         effects
     }
 
+    /// A turn changed a repository session's files: offer to push them, unless an offer
+    /// waits already (answered, it pushes whatever changed by then).
+    pub fn push(&mut self, asked: PushAsked) -> Vec<Effect> {
+        if self.push.is_some() {
+            return Vec::new();
+        }
+        self.push = Some(asked.approval.clone());
+        let input = serde_json::json!({
+            "repo": asked.repo,
+            "branch": asked.branch,
+            "files": asked.files,
+            "request": asked.request,
+            "confirm": asked.confirm,
+            "generated": asked.generated,
+        });
+        self.ask_thread(Unasked {
+            approval: asked.approval,
+            kind: Kind::Push,
+            session_id: asked.session_id,
+            event_id: asked.event_id,
+            subject: asked.repo,
+            input,
+            now_ms: asked.now_ms,
+        })
+    }
+
     /// Stores an approval no CLI request waits for (a held message, a host, a budget),
     /// then posts its prompt (see [`Approvals::recorded`]). It stays answerable for
     /// [`HELD_FOR_MS`]: it blocks no request of the CLI, so it has no timeout of its own.
@@ -776,6 +849,11 @@ impl Approvals {
                     self.domains.remove(&row.tool_name);
                     Vec::new()
                 }
+                None if row.kind == Kind::Push.as_str() => {
+                    // Offered again after the next turn that changes files.
+                    self.push = None;
+                    Vec::new()
+                }
                 None if row.kind == Kind::Budget.as_str() => {
                     // Nobody can answer: the held requests are refused, so the turn ends
                     // visibly rather than waiting for nothing.
@@ -825,6 +903,9 @@ impl Approvals {
                     .retain(|_, d| *d != DomainState::Asked(approval.to_owned()));
                 if self.budget.as_deref() == Some(approval) {
                     self.budget = None;
+                }
+                if self.push.as_deref() == Some(approval) {
+                    self.push = None;
                 }
                 vec![Effect::Close {
                     approval: approval.to_owned(),
@@ -952,6 +1033,35 @@ impl Approvals {
                     budget: row.tool_name.clone(),
                     top_up: amount,
                     by: user.name.clone(),
+                    text,
+                    post,
+                },
+            );
+        }
+        if kind == Kind::Push {
+            let (status, verdict) = match choice {
+                Choice::Push => ("allowed", Verdict::Pushing { by }),
+                Choice::PushSkip => ("denied", Verdict::PushDeclined { by }),
+                _ => return Vec::new(),
+            };
+            let text =
+                render::with_footer(&body(Kind::Push, "", &input), &render::verdict(&verdict));
+            let decide = Effect::Decide {
+                approval: row.approval_id.clone(),
+                status,
+                answer: serde_json::json!({ "push": choice == Choice::Push }).to_string(),
+                user_id: user.id.clone(),
+                username: user.name.clone(),
+                via,
+            };
+            return self.deciding(
+                Some(&answer.event_id),
+                decide,
+                attempt(Outcome::Accepted),
+                Then::Push {
+                    choice,
+                    input,
+                    by: user.clone(),
                     text,
                     post,
                 },
@@ -1297,6 +1407,46 @@ impl Approvals {
                     None => self.domains.remove(&host),
                 };
             }
+            Then::Push {
+                choice,
+                input,
+                by,
+                text,
+                post,
+            } => {
+                if self.push.as_deref() == Some(approval) {
+                    self.push = None;
+                }
+                if !won {
+                    return effects;
+                }
+                effects.push(Effect::Update {
+                    post,
+                    text,
+                    buttons: None,
+                });
+                if choice == Choice::Push {
+                    effects.push(Effect::Push {
+                        approval: approval.to_owned(),
+                        user_id: by.id,
+                        username: by.name,
+                        request: str_field(&input, "request"),
+                        confirm: input
+                            .get("confirm")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                        generated: input
+                            .get("generated")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                        files: input
+                            .get("files")
+                            .cloned()
+                            .and_then(|f| serde_json::from_value(f).ok())
+                            .unwrap_or_default(),
+                    });
+                }
+            }
         }
         effects
     }
@@ -1405,6 +1555,7 @@ impl Approvals {
                     if row.event_id != event_id
                         || row.kind == Kind::Guest.as_str()
                         || row.kind == Kind::Domain.as_str()
+                        || row.kind == Kind::Push.as_str()
                         || row.status != "pending"
                         || gone.contains(&row.approval_id)
                     {

@@ -26,6 +26,63 @@ use git::{Credential, Git};
 use plan::{Author, Candidate, Failure, Held};
 use provider::{Provider, ReviewLink};
 
+/// The configured repositories, and the worker's private directory its git works in
+/// (removed when the worker stops).
+#[derive(Debug)]
+pub struct Repos {
+    repos: Vec<Repo>,
+    scratch: tempfile::TempDir,
+}
+
+impl Repos {
+    /// Installs the askpass program in a new private directory (mode 0700).
+    pub fn new(configs: &[RepositoryConfig]) -> Result<Self, git::Error> {
+        let scratch = tempfile::Builder::new()
+            .prefix("ccfleet-repos-")
+            .tempdir()
+            .map_err(|source| git::Error::Askpass {
+                dir: std::env::temp_dir(),
+                source,
+            })?;
+        let askpass = git::install_askpass(&scratch.path().join("bin"))?;
+        Ok(Repos {
+            repos: configs
+                .iter()
+                .map(|c| Repo::new(c.clone(), askpass.clone()))
+                .collect(),
+            scratch,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Repo> {
+        self.repos.iter().find(|r| r.config.name == name)
+    }
+
+    /// (name, default channels) of each repository, for [`plan::choose_repository`].
+    pub fn choices(&self) -> Vec<(&str, &[String])> {
+        self.repos
+            .iter()
+            .map(|r| (r.config.name.as_str(), r.config.channels.as_slice()))
+            .collect()
+    }
+
+    /// The repository sessions without one push their generated files to.
+    pub fn for_generated(&self) -> Option<&Repo> {
+        self.repos.iter().find(|r| r.config.generated_files)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.repos.is_empty()
+    }
+
+    /// A new directory for one checkout or push, removed when dropped.
+    pub fn scratch(&self) -> std::io::Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(self.scratch.path())
+    }
+}
+
 /// One configured repository.
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -129,18 +186,25 @@ impl Repo {
     /// Sets up `git_dir` (created) for the session's files in `work_tree` on `branch`.
     /// When the remote has `branch` (a resumed session, or an existing branch named in
     /// the message) it continues from it; else the branch starts from `start` (else the
-    /// configured default branch, else the remote's). With `materialize`, the branch's
-    /// files are written into the work tree (files already there are kept, and show as
-    /// changes); a resumed session's files come from its checkpoint instead.
+    /// configured default branch, else the remote's) — at commit `at` when given (the
+    /// commit the session started from: the base may have moved on since). With
+    /// `materialize`, the branch's files are written into the work tree (files already
+    /// there are kept, and show as changes); a resumed session's files come from its
+    /// checkpoint instead.
     pub async fn checkout(
         &self,
         git_dir: PathBuf,
         work_tree: PathBuf,
         branch: &str,
         start: Option<&str>,
+        at: Option<&str>,
         materialize: bool,
     ) -> Result<Checkout, Failure> {
-        if !plan::valid_branch(branch) || start.is_some_and(|s| !plan::valid_branch(s)) {
+        let commit_id = |c: &str| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit());
+        if !plan::valid_branch(branch)
+            || start.is_some_and(|s| !plan::valid_branch(s))
+            || at.is_some_and(|c| !commit_id(c))
+        {
             return Err(Failure::Other(format!(
                 "`{branch}` is not a branch name git accepts"
             )));
@@ -172,7 +236,11 @@ impl Repo {
         let existing = git.remote_has(branch, cred).await.map_err(fail)?;
         let from = if existing { branch } else { base.as_str() };
         let depth = self.config.clone_depth.to_string();
-        let refspec = format!("+refs/heads/{from}:refs/remotes/origin/{from}");
+        let refspec = match at {
+            // By id: git's protocol v2 serves any commit the remote can reach.
+            Some(commit) if !existing => commit.to_owned(),
+            _ => format!("+refs/heads/{from}:refs/remotes/origin/{from}"),
+        };
         let mut fetch = vec!["fetch", "--quiet", "--no-tags"];
         if self.config.clone_depth > 0 {
             fetch.extend(["--depth", depth.as_str()]);
@@ -180,7 +248,10 @@ impl Repo {
         fetch.extend(["origin", refspec.as_str()]);
         git.run(&fetch, cred, None).await.map_err(fail)?;
         let head = format!("refs/heads/{branch}");
-        let tracking = format!("refs/remotes/origin/{from}");
+        let tracking = match at {
+            Some(commit) if !existing => commit.to_owned(),
+            _ => format!("refs/remotes/origin/{from}"),
+        };
         git.run(&["update-ref", &head, &tracking], None, None)
             .await
             .map_err(fail)?;

@@ -243,7 +243,7 @@ pub fn review_text(message: &str, thread_link: &str) -> (String, String) {
     (title, description)
 }
 
-/// Removes the fake model's `[[…]]` markers, mentions and `repo:NAME` from a request,
+/// Removes the fake model's `[[…]]` markers, mentions, `repo:NAME` and `branch:NAME` from a request,
 /// line by line.
 fn strip_markers(text: &str) -> String {
     text.lines()
@@ -260,7 +260,9 @@ fn strip_markers(text: &str) -> String {
             }
             out.push_str(rest);
             out.split_whitespace()
-                .filter(|w| !w.starts_with('@') && !w.starts_with("repo:"))
+                .filter(|w| {
+                    !w.starts_with('@') && !w.starts_with("repo:") && !w.starts_with("branch:")
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })

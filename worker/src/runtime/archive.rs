@@ -803,10 +803,15 @@ pub fn files_to_owned_tar(
 /// Writes `files` (workspace-relative paths) into the workspace under `root`, never
 /// through a link the agent left there: an existing link or file of that name is replaced.
 pub fn import_dir(root: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
-    let workspace = root.join(WORKSPACE);
-    std::fs::create_dir_all(&workspace)?;
+    write_files(&root.join(WORKSPACE), files)
+}
+
+/// Writes `files` (relative paths) under `dir`, never through a link already there: an
+/// existing link or file of that name is replaced.
+pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)?;
     for (path, content) in files {
-        write_new_file(&workspace, &relative_path(path)?, &mut content.as_slice())?;
+        write_new_file(dir, &relative_path(path)?, &mut content.as_slice())?;
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub(super) fn core(thread: &ThreadId, ctx: &Ctx) -> approvals::Approvals {
     )
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     i64::try_from(common::now_ms()).unwrap_or(i64::MAX)
 }
 
@@ -83,7 +83,7 @@ impl State {
     /// Carries out the core's effects in order; `event` is the chat event being handled,
     /// whose author is told what concerns only them. Only a decision that could not be
     /// stored is an error: everything else is done as well as it can be, as before.
-    async fn execute(
+    pub(super) async fn execute(
         &mut self,
         effects: Vec<Effect>,
         event: Option<&ChatEvent>,
@@ -265,6 +265,22 @@ impl State {
                         egress.grant(session.id(), &host, scope);
                     }
                     Vec::new()
+                }
+                Effect::Push {
+                    approval,
+                    user_id: _,
+                    username,
+                    request,
+                    confirm,
+                    generated,
+                    files,
+                } => {
+                    let what = super::repo::PushWhat {
+                        request,
+                        confirm,
+                        generated: generated.then_some(files),
+                    };
+                    Box::pin(self.push(&approval, &username, what)).await
                 }
                 Effect::Release {
                     budget,

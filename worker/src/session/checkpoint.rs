@@ -126,14 +126,33 @@ impl State {
         &mut self,
         turn: i32,
         before: Option<crate::runtime::archive::Manifest>,
-    ) -> Option<String> {
-        let session = self.live.as_ref()?.session.as_ref()?;
+    ) -> (Option<String>, Vec<String>) {
+        let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref()) else {
+            return (None, Vec::new());
+        };
         let files = session.files();
         let max_bytes = self.ctx.config.worker.max_artifact_bytes;
-        let after = files.manifest(max_bytes).await.ok()?;
+        let Ok(after) = files.manifest(max_bytes).await else {
+            return (None, Vec::new());
+        };
         let before = before.unwrap_or_default();
-        let (changed, too_large): (Vec<_>, Vec<_>) = after
-            .changes_since(&before)
+        let changes = after.changes_since(&before);
+        // Every path the turn changed, deleted ones too: what a repository session may push.
+        let all: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+        let block = self.artifact_block(turn, changes, &after, &files).await;
+        (block, all)
+    }
+
+    /// Uploads the files a turn made and shows them as links.
+    async fn artifact_block(
+        &mut self,
+        turn: i32,
+        changes: Vec<crate::runtime::archive::Change>,
+        after: &crate::runtime::archive::Manifest,
+        files: &crate::runtime::SessionFiles,
+    ) -> Option<String> {
+        let max_bytes = self.ctx.config.worker.max_artifact_bytes;
+        let (changed, too_large): (Vec<_>, Vec<_>) = changes
             .into_iter()
             .filter(|c| c.kind != ChangeKind::Deleted)
             .map(|c| c.path)

@@ -194,6 +194,10 @@ impl State {
                 permission_mode: &live.row.permission_mode,
                 worker: self.ctx.id.as_str(),
                 status,
+                repo: live
+                    .repo
+                    .as_ref()
+                    .map(|r| (r.repo.as_str(), r.branch.as_str())),
             });
             let header = live.header.clone();
             let _ = live.replies.update(&header, text, None, false).await;

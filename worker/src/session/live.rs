@@ -72,6 +72,7 @@ impl State {
         self.turns_done = row.turns;
         let session_id = SessionId::new(row.session_id.clone());
         let participants = records.participants(thread).await.unwrap_or_default();
+        let repo = records.session_repo(thread).await?;
         if self.live.is_none() {
             let mut replies = Replies::resume(
                 &ctx.fabric,
@@ -98,6 +99,7 @@ impl State {
                         permission_mode: &row.permission_mode,
                         worker: ctx.id.as_str(),
                         status: Status::Starting,
+                        repo: repo.as_ref().map(|r| (r.repo.as_str(), r.branch.as_str())),
                     });
                     let local = replies.create(text, None).await?;
                     let _ = records.set_header_ref(thread, local.seq as i32).await;
@@ -112,9 +114,12 @@ impl State {
                 todo: None,
                 status: Status::Starting,
                 participants,
+                repo,
             });
             // Messages let in while no worker could hand them back.
             self.admit_undelivered().await;
+            // Pushes asked for while no worker could carry them out.
+            Box::pin(self.finish_pushes()).await;
         }
         Ok(())
     }
@@ -276,6 +281,10 @@ impl State {
             permission_mode: &live.row.permission_mode,
             worker: worker.as_str(),
             status,
+            repo: live
+                .repo
+                .as_ref()
+                .map(|r| (r.repo.as_str(), r.branch.as_str())),
         });
         let header = live.header.clone();
         let db = match status {
@@ -358,6 +367,10 @@ impl State {
             permission_mode: &live.row.permission_mode,
             worker: worker.as_str(),
             status: live.status,
+            repo: live
+                .repo
+                .as_ref()
+                .map(|r| (r.repo.as_str(), r.branch.as_str())),
         });
         let header = live.header.clone();
         let _ = live.replies.update(&header, text, None, false).await;
@@ -380,7 +393,9 @@ fn causes(err: &dyn std::error::Error) -> String {
 }
 
 /// Streams a checkpoint from the store into a temporary file: never all of it in memory.
-async fn download(object: object_store::GetResult) -> Result<tempfile::NamedTempFile, Error> {
+pub(super) async fn download(
+    object: object_store::GetResult,
+) -> Result<tempfile::NamedTempFile, Error> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     let file = tokio::task::spawn_blocking(tempfile::NamedTempFile::new)

@@ -19,6 +19,7 @@ mod consumer;
 mod error;
 mod live;
 mod people;
+mod repo;
 mod turn;
 
 use std::collections::VecDeque;
@@ -129,6 +130,8 @@ struct Live {
     todo: Option<LocalRef>,
     status: Status,
     participants: Vec<String>,
+    /// The repository the session works on, once checked out.
+    repo: Option<crate::records::SessionRepo>,
 }
 
 impl ThreadActor {

@@ -238,6 +238,11 @@ impl State {
                 }
             }
             Command::Permissions(wanted) => self.permissions(event, &wanted).await,
+            Command::Repo(args) => {
+                if self.may_act(&event.user).await {
+                    self.choose_repo(event, &args).await?;
+                }
+            }
         }
         Ok(())
     }

@@ -181,6 +181,11 @@ impl State {
             .await;
             return;
         }
+        // A new session's repository is checked out before its first turn runs.
+        if let Err(text) = self.start_repo(&prompt.event, &prompt.text).await {
+            self.fail_prompt(&prompt, &text).await;
+            return;
+        }
         if prompt.retry
             && let Some(live) = self.live.as_mut()
         {
@@ -489,7 +494,7 @@ impl State {
         let text = turn.transcript.final_text(&result);
         let number = turn.number;
         let thread = self.thread.to_string();
-        let artifacts = self.collect_artifacts(number, turn.before.take()).await;
+        let (artifacts, changed) = self.collect_artifacts(number, turn.before.take()).await;
         let message = turn.message.take();
         self.turn = Some(turn);
         // The answer is what the turn was for: until it is published the prompt is not
@@ -592,6 +597,7 @@ impl State {
             "turn finished"
         );
         self.set_status(Status::Idle).await;
+        self.offer_push(&turn.event, changed).await;
     }
 }
 

@@ -44,6 +44,7 @@ fn config(forge: &Forge, kind: Kind, project: &str, token: &str) -> RepositoryCo
         channels: vec![],
         clone_depth: 1,
         max_push_file_bytes: 1024,
+        generated_files: false,
     }
 }
 
@@ -112,7 +113,7 @@ async fn push_opens_then_updates_one_review(kind: Kind, project: &str) {
     let thread = ThreadId::new("k5xq1a9wjbfzjm3r8u7c1yqg4e");
     let branch = plan::branch_for(&thread);
     let co = repo
-        .checkout(s.git_dir.clone(), s.work.clone(), &branch, None, true)
+        .checkout(s.git_dir.clone(), s.work.clone(), &branch, None, None, true)
         .await
         .unwrap();
     assert_eq!(co.base, "main", "the remote's default branch");
@@ -226,7 +227,14 @@ async fn push_opens_then_updates_one_review(kind: Kind, project: &str) {
     copy_tree(&s.work, &s2.work);
     write(&s2.work, "notes.md", "resumed\n");
     let co2 = repo
-        .checkout(s2.git_dir.clone(), s2.work.clone(), &branch, None, false)
+        .checkout(
+            s2.git_dir.clone(),
+            s2.work.clone(),
+            &branch,
+            None,
+            None,
+            false,
+        )
         .await
         .unwrap();
     let third = repo
@@ -296,7 +304,14 @@ async fn plain_git_push_has_no_review() {
     let s = session();
     let repo = Repo::new(config(&forge, Kind::Git, "x/web", TOKEN), s.askpass.clone());
     let co = repo
-        .checkout(s.git_dir.clone(), s.work.clone(), "ccfleet/t", None, true)
+        .checkout(
+            s.git_dir.clone(),
+            s.work.clone(),
+            "ccfleet/t",
+            None,
+            None,
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(co.base, "trunk");
@@ -325,7 +340,7 @@ async fn protected_branch_bad_token_and_moved_remote_fail_in_plain_words() {
         s.askpass.clone(),
     );
     let co = repo
-        .checkout(s.git_dir.clone(), s.work.clone(), "main", None, true)
+        .checkout(s.git_dir.clone(), s.work.clone(), "main", None, None, true)
         .await
         .unwrap();
     write(&s.work, "b", "b");
@@ -350,7 +365,14 @@ async fn protected_branch_bad_token_and_moved_remote_fail_in_plain_words() {
     );
     let s2 = session();
     let err = bad
-        .checkout(s2.git_dir.clone(), s2.work.clone(), "ccfleet/x", None, true)
+        .checkout(
+            s2.git_dir.clone(),
+            s2.work.clone(),
+            "ccfleet/x",
+            None,
+            None,
+            true,
+        )
         .await
         .unwrap_err();
     assert_eq!(err, Failure::AuthRefused);
@@ -366,7 +388,14 @@ async fn protected_branch_bad_token_and_moved_remote_fail_in_plain_words() {
     // The remote moved on: someone else pushed to the session's branch.
     let s3 = session();
     let co3 = repo
-        .checkout(s3.git_dir.clone(), s3.work.clone(), "ccfleet/y", None, true)
+        .checkout(
+            s3.git_dir.clone(),
+            s3.work.clone(),
+            "ccfleet/y",
+            None,
+            None,
+            true,
+        )
         .await
         .unwrap();
     write(&s3.work, "c", "c");
@@ -375,7 +404,14 @@ async fn protected_branch_bad_token_and_moved_remote_fail_in_plain_words() {
         .unwrap();
     let s4 = session();
     let co4 = repo
-        .checkout(s4.git_dir.clone(), s4.work.clone(), "ccfleet/y", None, true)
+        .checkout(
+            s4.git_dir.clone(),
+            s4.work.clone(),
+            "ccfleet/y",
+            None,
+            None,
+            true,
+        )
         .await
         .unwrap();
     write(&s4.work, "d", "d");
@@ -403,7 +439,14 @@ async fn a_review_that_fails_after_the_push_is_reported_as_such() {
     cfg.api_url = "http://127.0.0.1:9/api/v3".to_owned();
     let repo = Repo::new(cfg, s.askpass.clone());
     let co = repo
-        .checkout(s.git_dir.clone(), s.work.clone(), "ccfleet/z", None, true)
+        .checkout(
+            s.git_dir.clone(),
+            s.work.clone(),
+            "ccfleet/z",
+            None,
+            None,
+            true,
+        )
         .await
         .unwrap();
     write(&s.work, "b", "b");
@@ -421,6 +464,121 @@ async fn a_review_that_fails_after_the_push_is_reported_as_such() {
     assert!(
         err.plain_words("web", "ccfleet/z")
             .contains("not answering")
+    );
+    forge.shutdown().await;
+}
+
+/// Before its first push a session's branch exists only in its record: another worker
+/// checks it out at the commit the session started from (fetched by id), so a base that
+/// moved on meanwhile is neither reverted nor pulled into the session's commit.
+#[tokio::test]
+async fn a_first_push_from_another_worker_starts_at_the_sessions_commit() {
+    let forge = forge(Kind::GitLab).await;
+    forge
+        .create_repo("team/web", "main", &[("a.txt", b"one\n")])
+        .unwrap();
+    let s = session();
+    let repo = Repo::new(
+        config(&forge, Kind::GitLab, "team/web", TOKEN),
+        s.askpass.clone(),
+    );
+    let co = repo
+        .checkout(
+            s.git_dir.clone(),
+            s.work.clone(),
+            "ccfleet/m",
+            None,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let start = co
+        .git
+        .run(&["rev-parse", "HEAD"], None, None)
+        .await
+        .unwrap();
+    write(&s.work, "page.html", "<p>mine</p>\n");
+
+    // Someone else changes main meanwhile.
+    let other = session();
+    let main = repo
+        .checkout(
+            other.git_dir.clone(),
+            other.work.clone(),
+            "main",
+            None,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    write(&other.work, "a.txt", "two\n");
+    repo.push(&main, &alice(), "Move main on\n", "L", false)
+        .await
+        .unwrap();
+
+    // Another worker pushes the session: its files (from the checkpoint), a new
+    // repository, the session's start commit.
+    let s2 = session();
+    copy_tree(&s.work, &s2.work);
+    let co2 = repo
+        .checkout(
+            s2.git_dir.clone(),
+            s2.work.clone(),
+            "ccfleet/m",
+            Some("main"),
+            Some(&start),
+            false,
+        )
+        .await
+        .unwrap();
+    let pushed = repo
+        .push(&co2, &alice(), "Add a page\n", "L", false)
+        .await
+        .unwrap();
+    assert_eq!(pushed.files, ["page.html"], "only the session's change");
+    assert_eq!(
+        forge
+            .git("team/web", &["rev-parse", "ccfleet/m~1"])
+            .unwrap(),
+        start,
+        "the branch grows from where the session started"
+    );
+    assert_eq!(
+        forge.git("team/web", &["show", "ccfleet/m:a.txt"]).unwrap(),
+        "one",
+        "main's later change is not reverted on the branch"
+    );
+    // Without the start commit, the same files would have reverted main's change.
+    let s3 = session();
+    copy_tree(&s.work, &s3.work);
+    let co3 = repo
+        .checkout(
+            s3.git_dir.clone(),
+            s3.work.clone(),
+            "ccfleet/n",
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let changes = co3.git.changes().await.unwrap();
+    assert!(changes.iter().any(|(_, p)| p == "a.txt"), "{changes:?}");
+    // A start that is not a commit id is refused before git runs.
+    let s4 = session();
+    assert!(
+        repo.checkout(
+            s4.git_dir.clone(),
+            s4.work.clone(),
+            "ccfleet/o",
+            None,
+            Some("--upload-pack=touch /tmp/x"),
+            false
+        )
+        .await
+        .is_err()
     );
     forge.shutdown().await;
 }

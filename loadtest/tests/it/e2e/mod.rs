@@ -16,6 +16,7 @@ mod fleet;
 mod metrics;
 mod model_api;
 mod outage;
+mod repos;
 mod retention;
 mod sandbox;
 pub mod support;

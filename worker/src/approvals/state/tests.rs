@@ -158,6 +158,8 @@ struct World {
     grants: Vec<(String, bool)>,
     /// Budget holds released: whether to go on.
     releases: Vec<bool>,
+    /// (who, request, confirmed) of each push carried out.
+    pushes: Vec<(String, String, bool)>,
 }
 
 impl World {
@@ -182,6 +184,7 @@ impl World {
             statuses: Vec::new(),
             grants: Vec::new(),
             releases: Vec::new(),
+            pushes: Vec::new(),
         }
     }
 
@@ -323,6 +326,18 @@ impl World {
                 Effect::Invite { username, .. } => self.invited.push(username),
                 Effect::Grant { host, session_wide } => self.grants.push((host, session_wide)),
                 Effect::Release { go_on, .. } => self.releases.push(go_on),
+                Effect::Push {
+                    approval,
+                    username,
+                    request,
+                    confirm,
+                    ..
+                } => {
+                    self.pushes.push((username, request, confirm));
+                    if let Some(row) = self.rows.get_mut(&approval) {
+                        row.delivered = true;
+                    }
+                }
             }
         }
         all
@@ -615,6 +630,106 @@ fn a_used_up_budget_is_asked_once_and_continue_raises_it_from_what_was_spent() {
     );
     assert_eq!(w.releases, [true, false]);
     assert_eq!(w.rows[&row.approval_id].status, "denied");
+}
+
+fn offered_push(w: &mut World, files: &[&str]) -> Vec<Effect> {
+    let approval = w.id("a");
+    let effects = w.core.push(PushAsked {
+        approval,
+        session_id: SESSION.into(),
+        repo: "web".into(),
+        branch: "ccfleet/t1".into(),
+        files: files.iter().map(|f| (*f).to_owned()).collect(),
+        request: "Add a page".into(),
+        confirm: false,
+        generated: false,
+        event_id: w.turn_event(),
+        now_ms: w.now_ms,
+    });
+    w.run(effects)
+}
+
+#[test]
+fn a_push_is_offered_once_and_only_the_owner_or_an_approver_pushes() {
+    let mut w = World::new();
+    let effects = offered_push(&mut w, &["src/page.html"]);
+    assert!(
+        matches!(effects.as_slice(), [Effect::Insert(_), Effect::Post { .. }]),
+        "{effects:?}"
+    );
+    let (text, buttons) = w.posts.values().next().unwrap().clone();
+    assert!(text.contains("Push the changes to `web`?"), "{text}");
+    assert!(text.contains("`src/page.html`"), "{text}");
+    let ids: Vec<_> = buttons
+        .unwrap()
+        .buttons
+        .iter()
+        .map(|b| b.id.clone())
+        .collect();
+    assert_eq!(ids, ["push", "pushskip"]);
+    // Another turn changes files while the offer waits: still one offer, and the end of
+    // a turn does not withdraw it (it pushes whatever changed by then).
+    assert!(offered_push(&mut w, &["src/more.html"]).is_empty());
+    w.end_turn();
+    let row = w.rows.values().find(|r| r.kind == "push").unwrap().clone();
+    assert_eq!(w.rows[&row.approval_id].status, "pending");
+
+    let refused = w.answer(
+        "e1",
+        &row.approval_id,
+        bob(),
+        Via::Button("push".into()),
+        Some(0),
+    );
+    assert!(matches!(
+        refused[0],
+        Effect::Audit(Attempt {
+            outcome: Outcome::Refused,
+            ..
+        })
+    ));
+    assert!(w.pushes.is_empty());
+    w.answer(
+        "e2",
+        &row.approval_id,
+        carol(),
+        Via::Reaction("+1".into()),
+        Some(0),
+    );
+    assert_eq!(
+        w.pushes,
+        [("carol".to_owned(), "Add a page".to_owned(), false)]
+    );
+    assert_eq!(w.rows[&row.approval_id].status, "allowed");
+    assert!(
+        w.posts
+            .get(&(row.post_ref as u32))
+            .unwrap()
+            .0
+            .contains("**Push** asked by @carol")
+    );
+    // The same click again (a redelivery, or a second person): nothing pushes twice.
+    w.answer(
+        "e3",
+        &row.approval_id,
+        alice(),
+        Via::Button("push".into()),
+        Some(0),
+    );
+    assert_eq!(w.pushes.len(), 1);
+
+    // Answered: the next change is offered again; "not now" pushes nothing.
+    assert_eq!(offered_push(&mut w, &["src/third.html"]).len(), 2);
+    let row = w.rows.values().rfind(|r| r.kind == "push").unwrap().clone();
+    w.answer(
+        "e4",
+        &row.approval_id,
+        alice(),
+        Via::Button("pushskip".into()),
+        Some(0),
+    );
+    assert_eq!(w.rows[&row.approval_id].status, "denied");
+    assert_eq!(w.pushes.len(), 1);
 }
 
 #[test]
