@@ -552,3 +552,107 @@ fn a_bad_credential_or_price_is_reported_with_its_key() {
     let err = load(&[], &[("model.max_wait_s", "7200")]).unwrap_err();
     assert!(err.to_string().contains("model.max_wait_s"), "{err}");
 }
+
+/// A repository whose token is in `dir/token` (written when `contents` is given).
+fn repo_with_token_file(dir: &std::path::Path, contents: Option<&[u8]>, extra: &str) -> String {
+    let path = dir.join("token");
+    if let Some(contents) = contents {
+        std::fs::write(&path, contents).unwrap();
+    }
+    format!(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://gitlab.example.com/team/web.git\"\nprovider = \"gitlab\"\ntoken_file = {:?}\n{extra}\n",
+        path.display().to_string()
+    )
+}
+
+#[test]
+fn a_repository_token_is_read_from_its_file_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Secret written with `echo` ends in a newline; git must not get it.
+    let config = load_file(&repo_with_token_file(
+        dir.path(),
+        Some(b"glpat-from-file\n"),
+        "",
+    ))
+    .unwrap();
+    let repo = &config.repositories[0];
+    assert_eq!(repo.token.expose(), "glpat-from-file");
+    assert_eq!(repo.token_file, dir.path().join("token"));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("glpat-from-file"), "{debug}");
+    assert!(debug.contains("token_file"), "{debug}");
+
+    // A plain-git repository may take its token from a file too.
+    let text =
+        repo_with_token_file(dir.path(), Some(b"plain-token"), "").replace("\"gitlab\"", "\"git\"");
+    let config = load_file(&text).unwrap();
+    assert_eq!(config.repositories[0].token.expose(), "plain-token");
+}
+
+#[test]
+fn a_bad_repository_token_file_names_the_repository_and_the_path_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token").display().to_string();
+    let cases: [(Option<&[u8]>, &str, &str); 6] = [
+        // Missing.
+        (None, "", "cannot read"),
+        // Empty, or only the newline.
+        (Some(b""), "", "is empty"),
+        (Some(b" \n"), "", "is empty"),
+        // Not text.
+        (Some(b"\xff\xfe-secret-bytes"), "", "not UTF-8"),
+        // Two lines: no HTTP header or askpass answer can carry it.
+        (Some(b"glpat-one\nglpat-two\n"), "", "line breaks"),
+        // Both places at once.
+        (
+            Some(b"glpat-from-file"),
+            "token = \"glpat-inline\"",
+            "both set",
+        ),
+    ];
+    for (contents, extra, reason) in cases {
+        let err = load_file(&repo_with_token_file(dir.path(), contents, extra))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repositories[0].token_file"), "{err}");
+        assert!(err.contains("\"web\""), "names the repository: {err}");
+        assert!(err.contains(reason), "{reason}: {err}");
+        if reason != "line breaks" && reason != "both set" {
+            assert!(err.contains(&path), "names the path: {err}");
+        }
+        for secret in [
+            "glpat-one",
+            "glpat-two",
+            "glpat-from-file",
+            "glpat-inline",
+            "secret-bytes",
+        ] {
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+
+    // A directory is not readable as a file.
+    let text = repo_with_token_file(dir.path(), Some(b"t"), "").replace(
+        &format!("{path:?}"),
+        &format!("{:?}", dir.path().display().to_string()),
+    );
+    let err = load_file(&text).unwrap_err().to_string();
+    assert!(err.contains("cannot read"), "{err}");
+
+    // Neither token nor token_file for GitLab: the error names both ways.
+    let err = load_file(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://h/a/b\"\nprovider = \"gitlab\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("repositories[0].token"), "{err}");
+    assert!(err.contains("token_file"), "{err}");
+    // An inline token with a space is refused under its own key.
+    let err = load_file(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://h/a/b\"\nprovider = \"gitlab\"\ntoken = \"two words\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("repositories[0].token`"), "{err}");
+    assert!(!err.contains("two words"), "{err}");
+}
