@@ -656,3 +656,50 @@ fn a_bad_repository_token_file_names_the_repository_and_the_path_never_the_token
     assert!(err.contains("repositories[0].token`"), "{err}");
     assert!(!err.contains("two words"), "{err}");
 }
+
+/// deploy/compose's repositories file loads the way a worker started by
+/// `compose.repositories.yaml` loads it: the token files in the directory mounted where
+/// each `token_file` points, and the file itself where the override's `--config` says.
+#[test]
+fn the_compose_repositories_example_loads_with_its_tokens_mounted() {
+    let compose = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose"));
+    let mount = "/run/secrets/ccfleet-repositories";
+    let override_file = std::fs::read_to_string(compose.join("compose.repositories.yaml")).unwrap();
+    assert!(
+        override_file.contains(&format!("target: {mount}\n")),
+        "the override mounts the tokens at {mount}"
+    );
+    assert!(override_file.contains("target: /etc/ccfleet/worker.toml\n"));
+    assert!(override_file.contains(r#"command: ["--config", "/etc/ccfleet/worker.toml"]"#));
+
+    let example = std::fs::read_to_string(compose.join("repositories.example.toml")).unwrap();
+    let tokens = tempfile::tempdir().unwrap();
+    let as_mounted = example.replace(
+        &format!("\"{mount}/"),
+        &format!("\"{}/", tokens.path().display()),
+    );
+    let names: Vec<String> = toml::from_str::<toml::Value>(&example).unwrap()["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.is_empty());
+    for name in &names {
+        std::fs::write(tokens.path().join(name), format!("token-{name}\n")).unwrap();
+    }
+    let config = load_file(&as_mounted).unwrap();
+    assert_eq!(config.repositories.len(), names.len());
+    for repo in &config.repositories {
+        assert_eq!(repo.token.expose(), format!("token-{}", repo.name));
+        assert_eq!(
+            repo.token_file,
+            tokens.path().join(&repo.name),
+            "each token file is named after its repository"
+        );
+    }
+    // Without the mount the worker would not start, and would say which file is missing.
+    std::fs::remove_file(tokens.path().join(&names[0])).unwrap();
+    let err = load_file(&as_mounted).unwrap_err().to_string();
+    assert!(err.contains(&format!("{:?}", names[0])), "{err}");
+}
