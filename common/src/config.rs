@@ -457,9 +457,17 @@ pub struct RepositoryConfig {
     #[serde(default)]
     pub api_url: String,
     /// The token: git's password over HTTPS and the API's credential. Required for
-    /// `gitlab` and `github`; empty for a plain-git repository anyone may push to.
+    /// `gitlab` and `github` (here or in `token_file`); empty for a plain-git repository
+    /// anyone may push to.
     #[serde(default)]
     pub token: Secret,
+    /// A file holding the token instead of `token`: a mounted Kubernetes Secret or Docker
+    /// secret, because the environment cannot set a key inside `[[repositories]]` and the
+    /// configuration file is often not secret (a ConfigMap). [`Config::load`] reads it
+    /// into `token` before validating, so a missing file stops the start, not the first
+    /// push; surrounding whitespace (the newline `echo` leaves) is dropped.
+    #[serde(default)]
+    pub token_file: PathBuf,
     /// The user name git sends with the token; empty: `oauth2` (GitLab), `x-access-token`
     /// (GitHub), `git` (plain git).
     #[serde(default)]
@@ -536,6 +544,43 @@ impl RepositoryConfig {
         }
     }
 
+    /// Reads `token_file` into `token` (see there). Errors name the repository and the
+    /// path, never the file's contents.
+    fn read_token_file(&mut self, key: &str) -> Result<(), Error> {
+        if self.token_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let key = format!("{key}.token_file");
+        let (name, path) = (&self.name, self.token_file.display());
+        if !self.token.is_empty() {
+            return Err(Error::invalid(
+                &key,
+                format!("and `token` are both set for repository {name:?}: keep one"),
+            ));
+        }
+        let bytes = std::fs::read(&self.token_file).map_err(|err| {
+            Error::invalid(
+                &key,
+                format!("of repository {name:?}: cannot read {path}: {err}"),
+            )
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::invalid(
+                &key,
+                format!("of repository {name:?}: {path} is not UTF-8 text"),
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(Error::invalid(
+                &key,
+                format!("of repository {name:?}: {path} is empty"),
+            ));
+        }
+        self.token = Secret::new(token);
+        Ok(())
+    }
+
     fn validate(&self, key: &str) -> Result<(), Error> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
@@ -583,7 +628,27 @@ impl RepositoryConfig {
         if self.provider != RepoProvider::Git && self.token.is_empty() {
             return Err(Error::invalid(
                 &format!("{key}.token"),
-                "is required for gitlab and github (a token with the narrowest scope that pushes and opens reviews)",
+                "(or `token_file`) is required for gitlab and github (a token with the narrowest scope that pushes and opens reviews)",
+            ));
+        }
+        // It goes into an HTTP header and git's askpass answer: one line, no spaces.
+        if self
+            .token
+            .expose()
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            let field = if self.token_file.as_os_str().is_empty() {
+                "token"
+            } else {
+                "token_file"
+            };
+            return Err(Error::invalid(
+                &format!("{key}.{field}"),
+                format!(
+                    "of repository {:?}: the token must not contain spaces, line breaks or control characters",
+                    self.name
+                ),
             ));
         }
         if self.default_branch.starts_with('-')
@@ -815,6 +880,9 @@ impl Config {
                     ),
                 )
             })?;
+        }
+        for (i, repo) in config.repositories.iter_mut().enumerate() {
+            repo.read_token_file(&format!("repositories[{i}]"))?;
         }
         config.validate()?;
         Ok(config)

@@ -318,6 +318,15 @@ fn a_bad_repository_is_reported_with_its_key() {
             entry("url = \"https://h/a/b\"\ndefault_branch = \"--force\""),
             "repositories[0].default_branch",
         ),
+        (
+            format!(
+                "{}{}",
+                entry("url = \"https://h/a/b\"\ngenerated_files = true"),
+                entry("url = \"https://h/a/c\"\ngenerated_files = true")
+                    .replace("\"web\"", "\"web2\"")
+            ),
+            "repositories[1].generated_files",
+        ),
     ] {
         let err = load_file(&text).unwrap_err();
         assert!(err.to_string().contains(key), "{key}: {err}\n{text}");
@@ -551,4 +560,155 @@ fn a_bad_credential_or_price_is_reported_with_its_key() {
     assert!(err.contains("model.prices"), "{err}");
     let err = load(&[], &[("model.max_wait_s", "7200")]).unwrap_err();
     assert!(err.to_string().contains("model.max_wait_s"), "{err}");
+}
+
+/// A repository whose token is in `dir/token` (written when `contents` is given).
+fn repo_with_token_file(dir: &std::path::Path, contents: Option<&[u8]>, extra: &str) -> String {
+    let path = dir.join("token");
+    if let Some(contents) = contents {
+        std::fs::write(&path, contents).unwrap();
+    }
+    format!(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://gitlab.example.com/team/web.git\"\nprovider = \"gitlab\"\ntoken_file = {:?}\n{extra}\n",
+        path.display().to_string()
+    )
+}
+
+#[test]
+fn a_repository_token_is_read_from_its_file_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Secret written with `echo` ends in a newline; git must not get it.
+    let config = load_file(&repo_with_token_file(
+        dir.path(),
+        Some(b"glpat-from-file\n"),
+        "",
+    ))
+    .unwrap();
+    let repo = &config.repositories[0];
+    assert_eq!(repo.token.expose(), "glpat-from-file");
+    assert_eq!(repo.token_file, dir.path().join("token"));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("glpat-from-file"), "{debug}");
+    assert!(debug.contains("token_file"), "{debug}");
+
+    // A plain-git repository may take its token from a file too.
+    let text =
+        repo_with_token_file(dir.path(), Some(b"plain-token"), "").replace("\"gitlab\"", "\"git\"");
+    let config = load_file(&text).unwrap();
+    assert_eq!(config.repositories[0].token.expose(), "plain-token");
+}
+
+#[test]
+fn a_bad_repository_token_file_names_the_repository_and_the_path_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token").display().to_string();
+    let cases: [(Option<&[u8]>, &str, &str); 6] = [
+        // Missing.
+        (None, "", "cannot read"),
+        // Empty, or only the newline.
+        (Some(b""), "", "is empty"),
+        (Some(b" \n"), "", "is empty"),
+        // Not text.
+        (Some(b"\xff\xfe-secret-bytes"), "", "not UTF-8"),
+        // Two lines: no HTTP header or askpass answer can carry it.
+        (Some(b"glpat-one\nglpat-two\n"), "", "line breaks"),
+        // Both places at once.
+        (
+            Some(b"glpat-from-file"),
+            "token = \"glpat-inline\"",
+            "both set",
+        ),
+    ];
+    for (contents, extra, reason) in cases {
+        let err = load_file(&repo_with_token_file(dir.path(), contents, extra))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repositories[0].token_file"), "{err}");
+        assert!(err.contains("\"web\""), "names the repository: {err}");
+        assert!(err.contains(reason), "{reason}: {err}");
+        if reason != "line breaks" && reason != "both set" {
+            assert!(err.contains(&path), "names the path: {err}");
+        }
+        for secret in [
+            "glpat-one",
+            "glpat-two",
+            "glpat-from-file",
+            "glpat-inline",
+            "secret-bytes",
+        ] {
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+
+    // A directory is not readable as a file.
+    let text = repo_with_token_file(dir.path(), Some(b"t"), "").replace(
+        &format!("{path:?}"),
+        &format!("{:?}", dir.path().display().to_string()),
+    );
+    let err = load_file(&text).unwrap_err().to_string();
+    assert!(err.contains("cannot read"), "{err}");
+
+    // Neither token nor token_file for GitLab: the error names both ways.
+    let err = load_file(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://h/a/b\"\nprovider = \"gitlab\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("repositories[0].token"), "{err}");
+    assert!(err.contains("token_file"), "{err}");
+    // An inline token with a space is refused under its own key.
+    let err = load_file(
+        "[[repositories]]\nname = \"web\"\nurl = \"https://h/a/b\"\nprovider = \"gitlab\"\ntoken = \"two words\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("repositories[0].token`"), "{err}");
+    assert!(!err.contains("two words"), "{err}");
+}
+
+/// deploy/compose's repositories file loads the way a worker started by
+/// `compose.repositories.yaml` loads it: the token files in the directory mounted where
+/// each `token_file` points, and the file itself where the override's `--config` says.
+#[test]
+fn the_compose_repositories_example_loads_with_its_tokens_mounted() {
+    let compose = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose"));
+    let mount = "/run/secrets/ccfleet-repositories";
+    let override_file = std::fs::read_to_string(compose.join("compose.repositories.yaml")).unwrap();
+    assert!(
+        override_file.contains(&format!("target: {mount}\n")),
+        "the override mounts the tokens at {mount}"
+    );
+    assert!(override_file.contains("target: /etc/ccfleet/worker.toml\n"));
+    assert!(override_file.contains(r#"command: ["--config", "/etc/ccfleet/worker.toml"]"#));
+
+    let example = std::fs::read_to_string(compose.join("repositories.example.toml")).unwrap();
+    let tokens = tempfile::tempdir().unwrap();
+    let as_mounted = example.replace(
+        &format!("\"{mount}/"),
+        &format!("\"{}/", tokens.path().display()),
+    );
+    let names: Vec<String> = toml::from_str::<toml::Value>(&example).unwrap()["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.is_empty());
+    for name in &names {
+        std::fs::write(tokens.path().join(name), format!("token-{name}\n")).unwrap();
+    }
+    let config = load_file(&as_mounted).unwrap();
+    assert_eq!(config.repositories.len(), names.len());
+    for repo in &config.repositories {
+        assert_eq!(repo.token.expose(), format!("token-{}", repo.name));
+        assert_eq!(
+            repo.token_file,
+            tokens.path().join(&repo.name),
+            "each token file is named after its repository"
+        );
+    }
+    // Without the mount the worker would not start, and would say which file is missing.
+    std::fs::remove_file(tokens.path().join(&names[0])).unwrap();
+    let err = load_file(&as_mounted).unwrap_err().to_string();
+    assert!(err.contains(&format!("{:?}", names[0])), "{err}");
 }

@@ -136,6 +136,7 @@ pub async fn run(args: &Args) -> Result<Outcome, Error> {
         provider: RepoProvider::Gitlab,
         api_url: forge.api_url(),
         token: Secret::new(TOKEN),
+        token_file: Default::default(),
         username: String::new(),
         default_branch: String::new(),
         channels: vec![],

@@ -35,11 +35,24 @@ fn helm() -> Option<PathBuf> {
     None
 }
 
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/ccfleet")
+}
+
 /// Every object `helm template` renders with these `--set` flags.
 fn render(helm: &Path, sets: &[&str]) -> Vec<Value> {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/ccfleet");
+    render_with(helm, &[], sets)
+}
+
+/// Every object `helm template` renders with these values files (relative to the chart)
+/// and `--set` flags.
+fn render_with(helm: &Path, values: &[&str], sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
     let mut cmd = Command::new(helm);
     cmd.args(["template", "drift"]).arg(&chart);
+    for file in values {
+        cmd.arg("--values").arg(chart.join(file));
+    }
     for set in sets {
         cmd.args(["--set", set]);
     }
@@ -123,4 +136,228 @@ fn the_rendered_configuration_file_loads_and_listens_where_the_probes_look() {
     };
     assert_eq!(port_of("gateway"), Some(8080));
     assert_eq!(port_of("worker"), Some(9090));
+}
+
+fn component<'a>(objects: &'a [Value], kind: &str, component: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| {
+            o["kind"].as_str() == Some(kind)
+                && o["metadata"]["labels"]["app.kubernetes.io/component"].as_str()
+                    == Some(component)
+        })
+        .unwrap_or_else(|| panic!("a {kind} for the {component}s"))
+}
+
+/// Loads a rendered configuration file through `common::config`.
+fn load_config(toml: &str, name: &str) -> Result<Config, common::config::Error> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join(name);
+    std::fs::write(&file, toml).expect("writing the file");
+    Config::load(&Sources {
+        file: Some(file),
+        ..Sources::default()
+    })
+}
+
+/// For each ci values file with repositories: the workers' file lists them with a
+/// `token_file` in the directory where the worker pod mounts their Secrets, and loads in
+/// `common::config` once those files exist, each token being the one its Secret key
+/// holds; no token is in a ConfigMap; the gateways' file has no repositories and the
+/// gateway pods mount no token.
+#[test]
+fn repositories_reach_the_workers_file_and_their_tokens_only_the_worker_pods() {
+    let Some(helm) = helm() else { return };
+    for values_file in ["ci/full-values.yaml", "ci/process-values.yaml"] {
+        let values: Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(chart().join(values_file)).expect("the values file"),
+        )
+        .expect("values YAML");
+        let wanted = values["repositories"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{values_file} sets repositories"));
+        let objects = render_with(&helm, &[values_file], &[]);
+
+        // The tokens the chart holds itself: its repositories Secret's values.
+        let chart_secret = objects.iter().find(|o| {
+            o["kind"].as_str() == Some("Secret")
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-repositories"))
+        });
+        let chart_secret_name = chart_secret.and_then(|s| s["metadata"]["name"].as_str());
+        let given: Vec<&str> = wanted
+            .iter()
+            .filter_map(|r| r["token"]["value"].as_str())
+            .collect();
+        assert_eq!(
+            chart_secret.is_some(),
+            !given.is_empty(),
+            "{values_file}: a Secret exactly when a token is given as a value"
+        );
+        for map in of_kind(&objects, "ConfigMap") {
+            let text = serde_yaml_ng::to_string(map).unwrap();
+            for token in &given {
+                assert!(
+                    !text.contains(token),
+                    "{values_file}: a token in a ConfigMap"
+                );
+            }
+        }
+
+        let map = objects
+            .iter()
+            .find(|o| {
+                o["kind"].as_str() == Some("ConfigMap") && !o["data"]["worker.toml"].is_null()
+            })
+            .expect("the configuration ConfigMap");
+        let gateway_toml = map["data"]["ccfleet.toml"].as_str().unwrap();
+        let worker_toml = map["data"]["worker.toml"].as_str().unwrap();
+
+        // The gateways: no repositories in their file, nothing of them mounted.
+        let gateway_config = load_config(gateway_toml, "gateway.toml")
+            .unwrap_or_else(|err| panic!("{values_file}: the gateways' file: {err}"));
+        assert!(gateway_config.repositories.is_empty());
+        let gateway = component(&objects, "Deployment", "gateway");
+        let gateway_volumes = &gateway["spec"]["template"]["spec"]["volumes"];
+        for volume in gateway_volumes.as_sequence().unwrap() {
+            assert!(volume["projected"].is_null(), "{values_file}: {volume:?}");
+            if let Some(items) = volume["configMap"]["items"].as_sequence() {
+                assert!(
+                    items
+                        .iter()
+                        .all(|i| i["key"].as_str() == Some("ccfleet.toml"))
+                );
+            }
+        }
+        let gateway_text = serde_yaml_ng::to_string(gateway).unwrap();
+        for r in wanted {
+            if let Some(secret) = r["token"]["secretName"].as_str() {
+                assert!(
+                    !gateway_text.contains(secret),
+                    "{values_file}: gateway mounts {secret}"
+                );
+            }
+        }
+        if let Some(name) = chart_secret_name {
+            assert!(
+                !gateway_text.contains(name),
+                "{values_file}: gateway mounts {name}"
+            );
+        }
+
+        // The workers: their ConfigMap item, and the token files as the pod would see them.
+        let worker = &component(&objects, "Deployment", "worker")["spec"]["template"]["spec"];
+        let config_volume = worker["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some("config"))
+            .unwrap();
+        assert_eq!(
+            config_volume["configMap"]["items"][0]["key"].as_str(),
+            Some("worker.toml")
+        );
+        assert_eq!(
+            config_volume["configMap"]["items"][0]["path"].as_str(),
+            Some("ccfleet.toml")
+        );
+        let container = &worker["containers"][0];
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some("repository-tokens"))
+            .expect("the worker mounts the tokens");
+        assert_eq!(mount["readOnly"].as_bool(), Some(true));
+        let mount_path = mount["mountPath"].as_str().unwrap();
+        let volume = worker["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some("repository-tokens"))
+            .unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let mut expected = std::collections::HashMap::new();
+        for source in volume["projected"]["sources"].as_sequence().unwrap() {
+            let secret = source["secret"]["name"].as_str().unwrap();
+            for item in source["secret"]["items"].as_sequence().unwrap() {
+                let (key, path) = (
+                    item["key"].as_str().unwrap(),
+                    item["path"].as_str().unwrap(),
+                );
+                // The chart's Secret holds the given value; one managed outside the chart
+                // holds what the operator put there (made up here).
+                let token = if Some(secret) == chart_secret_name {
+                    chart_secret.unwrap()["stringData"][key]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{values_file}: no key {key} in {secret}"))
+                        .to_owned()
+                } else {
+                    format!("token-of-{secret}-{key}")
+                };
+                std::fs::write(secrets.path().join(path), format!("{token}\n")).unwrap();
+                expected.insert(path.to_owned(), token);
+            }
+        }
+        let as_mounted = worker_toml.replace(
+            &format!("\"{mount_path}/"),
+            &format!("\"{}/", secrets.path().display()),
+        );
+        let config = load_config(&as_mounted, "ccfleet.toml").unwrap_or_else(|err| {
+            panic!("{values_file}: the workers' file does not load: {err}\n{worker_toml}")
+        });
+        assert_eq!(config.repositories.len(), wanted.len(), "{values_file}");
+        for (repo, want) in config.repositories.iter().zip(wanted) {
+            assert_eq!(Some(repo.name.as_str()), want["name"].as_str());
+            assert_eq!(Some(repo.url.as_str()), want["url"].as_str());
+            let channels: Vec<&str> = want["channels"]
+                .as_sequence()
+                .map(|c| c.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            assert_eq!(repo.channels, channels);
+            if let Some(depth) = want["cloneDepth"].as_u64() {
+                assert_eq!(u64::from(repo.clone_depth), depth);
+            }
+            match expected.get(&repo.name) {
+                Some(token) => {
+                    assert!(want["token"].is_mapping(), "{}", repo.name);
+                    assert_eq!(repo.token.expose(), token, "{values_file}: {}", repo.name);
+                    assert!(worker_toml.contains(&format!("\"{mount_path}/{}\"", repo.name)));
+                }
+                None => {
+                    assert!(
+                        want["token"].is_null(),
+                        "{}: its token is not mounted",
+                        repo.name
+                    );
+                    assert!(repo.token.is_empty() && repo.token_file.as_os_str().is_empty());
+                }
+            }
+        }
+    }
+}
+
+/// Without its token file (a Secret not mounted, a wrong key) the workers' file does not
+/// load, and the error names the repository and the path.
+#[test]
+fn the_workers_file_without_its_mounted_token_names_the_repository_and_the_path() {
+    let Some(helm) = helm() else { return };
+    let objects = render_with(&helm, &["ci/process-values.yaml"], &[]);
+    let map = of_kind(&objects, "ConfigMap")[0];
+    let worker_toml = map["data"]["worker.toml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let as_mounted = worker_toml.replace(
+        "\"/run/secrets/ccfleet-repositories/",
+        &format!("\"{}/", dir.path().display()),
+    );
+    let err = load_config(&as_mounted, "ccfleet.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("repositories[0].token_file"), "{err}");
+    assert!(err.contains("\"api\""), "{err}");
+    assert!(
+        err.contains(&dir.path().join("api").display().to_string()),
+        "{err}"
+    );
 }

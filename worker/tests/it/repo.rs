@@ -39,6 +39,7 @@ fn config(forge: &Forge, kind: Kind, project: &str, token: &str) -> RepositoryCo
             forge.api_url()
         },
         token: Secret::new(token),
+        token_file: Default::default(),
         username: String::new(),
         default_branch: String::new(),
         channels: vec![],

@@ -94,6 +94,64 @@ are valid TOML).
 {{ end -}}
 {{- end -}}
 
+{{/* Where worker pods mount the repositories' tokens: one file per repository, its name. */}}
+{{- define "ccfleet.repositoryTokenDir" -}}
+/run/secrets/ccfleet-repositories
+{{- end -}}
+
+{{/* The Secret the chart creates for tokens given as `value`. */}}
+{{- define "ccfleet.repositoriesSecretName" -}}
+{{- printf "%s-repositories" (include "ccfleet.fullname" . | trunc 50 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+The workers' [[repositories]] tables: the values' camelCase keys under the file's names,
+a key left out taking ccfleet's default, and the token as `token_file` (never its value:
+this goes into a ConfigMap). Fails the render where the worker would refuse to start on
+what the schema cannot see: a name used twice, a forge without a token.
+*/}}
+{{- define "ccfleet.repositoriesToml" -}}
+{{- $seen := dict -}}
+{{- range $i, $r := .Values.repositories }}
+{{- if hasKey $seen $r.name }}
+{{- fail (printf "repositories[%d]: the name %q is used by another repository" $i $r.name) }}
+{{- end }}
+{{- $_ := set $seen $r.name true }}
+{{- if and (ne $r.provider "git") (not $r.token) }}
+{{- fail (printf "repositories[%d] (%s): a %s repository needs a token (token.secretName + token.secretKey, or token.value)" $i $r.name $r.provider) }}
+{{- end }}
+
+[[repositories]]
+name = {{ $r.name | toJson }}
+url = {{ $r.url | toJson }}
+provider = {{ $r.provider | toJson }}
+{{- with $r.apiUrl }}
+api_url = {{ . | toJson }}
+{{- end }}
+{{- with $r.username }}
+username = {{ . | toJson }}
+{{- end }}
+{{- with $r.defaultBranch }}
+default_branch = {{ . | toJson }}
+{{- end }}
+{{- with $r.channels }}
+channels = {{ . | toJson }}
+{{- end }}
+{{- if hasKey $r "cloneDepth" }}
+clone_depth = {{ $r.cloneDepth | int64 }}
+{{- end }}
+{{- if hasKey $r "maxPushFileBytes" }}
+max_push_file_bytes = {{ $r.maxPushFileBytes | int64 }}
+{{- end }}
+{{- if $r.generatedFiles }}
+generated_files = true
+{{- end }}
+{{- if $r.token }}
+token_file = {{ printf "%s/%s" (include "ccfleet.repositoryTokenDir" $) $r.name | toJson }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* Environment from the Secret: one entry per key the component uses. Call with (dict "root" $ "keys" (list ...)). */}}
 {{- define "ccfleet.secretEnv" -}}
 {{- $secret := include "ccfleet.secretName" .root -}}

@@ -40,6 +40,7 @@ fn repository(forge: &Forge, name: &str, project: &str, token: &str) -> Reposito
         clone_depth: 1,
         max_push_file_bytes: 1024 * 1024,
         generated_files: false,
+        token_file: Default::default(),
     }
 }
 
