@@ -275,12 +275,8 @@ impl State {
                     generated,
                     files,
                 } => {
-                    let what = super::repo::PushWhat {
-                        request,
-                        confirm,
-                        generated: generated.then_some(files),
-                    };
-                    Box::pin(self.push(&approval, &username, what)).await
+                    let generated = generated.then_some(files);
+                    Box::pin(self.push(&approval, &username, request, confirm, generated)).await
                 }
                 Effect::Release {
                     budget,

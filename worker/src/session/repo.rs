@@ -17,7 +17,7 @@ use crate::records::SessionRepo;
 use crate::repo::plan::{self, Author, Chosen};
 
 /// What a push is asked to do.
-pub(super) struct PushWhat {
+struct PushWhat {
     /// The request the commit message is made from.
     pub request: String,
     /// Files held back as possible secrets go too.
@@ -255,12 +255,14 @@ impl State {
                 .cloned()
                 .and_then(|f| serde_json::from_value(f).ok())
                 .unwrap_or_default();
-            let what = PushWhat {
-                request: field("request"),
-                confirm: flag("confirm"),
-                generated: flag("generated").then_some(files),
-            };
-            let follow = Box::pin(self.push(&row.approval_id, &by, what)).await;
+            let follow = Box::pin(self.push(
+                &row.approval_id,
+                &by,
+                field("request"),
+                flag("confirm"),
+                flag("generated").then_some(files),
+            ))
+            .await;
             if let Err(err) = Box::pin(self.execute(follow, None)).await {
                 tracing::warn!(error = %err.chain(), "could not offer the held files");
             }
@@ -270,12 +272,21 @@ impl State {
     /// Someone said push: commit the session's changes as them, push its branch, open or
     /// update its review, and tell the thread what happened. What follows (files held as
     /// possible secrets offered with a confirmation) is returned.
+    /// `generated`: a session without a repository, and the workspace files to copy onto
+    /// its branch of the repository that takes generated files.
     pub(super) async fn push(
         &mut self,
         approval: &str,
         username: &str,
-        what: PushWhat,
+        request: String,
+        confirm: bool,
+        generated: Option<Vec<String>>,
     ) -> Vec<Effect> {
+        let what = PushWhat {
+            request,
+            confirm,
+            generated,
+        };
         let outcome = self.push_now(username, &what).await;
         let mut follow = Vec::new();
         let text = match outcome {
@@ -426,7 +437,15 @@ impl State {
         let pushed = repo
             .push(&co, &author, &message, &link, what.confirm)
             .await
-            .map_err(|f| failed(f.plain_words(&name, &branch)))?;
+            .map_err(|f| match (&f, &record.review_url) {
+                // E.g. a push carried out again after its worker stopped before telling
+                // the thread: the review it made is still the news.
+                (plan::Failure::NothingToPush, Some(url)) => failed(format!(
+                    "{} It is up to date: {url}",
+                    f.plain_words(&name, &branch)
+                )),
+                _ => failed(f.plain_words(&name, &branch)),
+            })?;
         let review_url = match &pushed.review {
             Some(Ok(review)) => Some(review.url.clone()),
             _ => None,
@@ -439,6 +458,12 @@ impl State {
                 .await
         {
             tracing::warn!(error = %common::error_chain(&err), "the push could not be recorded");
+        }
+        if what.generated.is_none()
+            && review_url.is_some()
+            && let Some(repo) = self.live.as_mut().and_then(|l| l.repo.as_mut())
+        {
+            repo.review_url.clone_from(&review_url);
         }
         let word = match repo.config.provider {
             common::config::RepoProvider::Gitlab => "merge request",
