@@ -129,7 +129,8 @@ impl State {
             .run(&["rev-parse", "HEAD"], None, None)
             .await
             .map_err(|e| failed(format!("git could not read the checkout of `{name}`: {e}.")))?;
-        let read = tokio::task::spawn_blocking(move || read_tree(&tree))
+        let limit = self.ctx.config.worker.max_workspace_bytes;
+        let read = tokio::task::spawn_blocking(move || read_tree(&tree, limit))
             .await
             .map_err(|e| failed(e.to_string()))?
             .map_err(|e| failed(format!("The checkout of `{name}` could not be read: {e}.")))?;
@@ -560,26 +561,38 @@ fn copy_files(
 }
 
 /// Every regular file under `dir` (relative paths), for the workspace. Links are left
-/// out: the workspace gets no link into the worker's disk.
-fn read_tree(dir: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
+/// out: the workspace gets no link into the worker's disk. More than `limit` bytes in all
+/// (0: no limit) is refused before anything is read: it could not be checkpointed.
+fn read_tree(dir: &std::path::Path, limit: u64) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    let mut size = 0u64;
     let mut todo = vec![dir.to_owned()];
     while let Some(current) = todo.pop() {
         for entry in std::fs::read_dir(&current)? {
             let entry = entry?;
             let kind = entry.file_type()?;
-            let path = entry.path();
             if kind.is_dir() {
-                todo.push(path);
+                todo.push(entry.path());
             } else if kind.is_file() {
-                let rel = path
-                    .strip_prefix(dir)
-                    .map_err(std::io::Error::other)?
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, std::fs::read(&path)?));
+                size += entry.metadata()?.len();
+                files.push(entry.path());
             }
         }
+    }
+    if limit > 0 && size > limit {
+        return Err(std::io::Error::other(format!(
+            "its files take {size} bytes, over this fleet's workspace limit of {limit} bytes"
+        )));
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
+        let rel = path
+            .strip_prefix(dir)
+            .map_err(std::io::Error::other)?
+            .to_string_lossy()
+            .into_owned();
+        let content = std::fs::read(&path)?;
+        out.push((rel, content));
     }
     out.sort();
     Ok(out)
@@ -596,13 +609,18 @@ mod tests {
         std::fs::write(dir.path().join("src/a/x.txt"), b"x").unwrap();
         std::fs::write(dir.path().join("README"), b"r").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
-        let read = read_tree(dir.path()).unwrap();
+        let read = read_tree(dir.path(), 0).unwrap();
         assert_eq!(
             read,
             vec![
                 ("README".to_owned(), b"r".to_vec()),
                 ("src/a/x.txt".to_owned(), b"x".to_vec()),
             ]
+        );
+        let refused = read_tree(dir.path(), 1).unwrap_err().to_string();
+        assert!(
+            refused.contains("over this fleet's workspace limit of 1 bytes"),
+            "{refused}"
         );
     }
 }
