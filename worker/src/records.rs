@@ -872,6 +872,28 @@ impl Records {
         Ok(n == 1)
     }
 
+    /// Replaces a pending approval's input (a push offer's commit message edited in the
+    /// thread); `false` once it is decided.
+    pub async fn set_approval_input(&self, approval_id: &str, input: &str) -> Result<bool, Error> {
+        self.execute(
+            "UPDATE approvals SET input = $2 WHERE approval_id = $1 AND status = 'pending'",
+            &[&approval_id, &input],
+        )
+        .await
+        .map(|n| n == 1)
+    }
+
+    /// The push offer of the thread waiting for an answer, if any.
+    pub async fn pending_push(&self, thread: &str) -> Result<Option<ApprovalRow>, Error> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals
+             WHERE thread_id = $1 AND kind = 'push' AND status = 'pending'
+             ORDER BY created_at DESC LIMIT 1"
+        );
+        let rows = self.query(&sql, &[&thread]).await?;
+        Ok(rows.first().map(approval_row))
+    }
+
     pub async fn set_approval_progress(
         &self,
         approval_id: &str,

@@ -88,7 +88,7 @@ pub fn repo_unusable(words: &str) -> String {
 }
 
 /// A turn changed a repository session's files: offer to push them.
-pub fn push_body(repo: &str, branch: &str, files: &[String], confirm: bool) -> String {
+pub fn push_body(repo: &str, branch: &str, files: &[String], title: &str, confirm: bool) -> String {
     const SHOWN: usize = 10;
     let mut list: Vec<String> = files.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
     if files.len() > SHOWN {
@@ -100,7 +100,7 @@ pub fn push_body(repo: &str, branch: &str, files: &[String], confirm: bool) -> S
         "Push the changes".to_owned()
     };
     format!(
-        "#### :arrow_up: {what} to `{repo}`?\nBranch `{branch}`; changed: {}.",
+        "#### :arrow_up: {what} to `{repo}`?\nBranch `{branch}`; changed: {}.\nCommit message: **{title}** (to change it before pushing, reply `commit message: …`)",
         if list.is_empty() {
             "nothing listed".to_owned()
         } else {
@@ -1033,10 +1033,12 @@ mod tests {
             "web",
             "ccfleet/x",
             &(0..12).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+            "Add a page",
             false,
         );
         assert!(offer.contains("`f9`, and 2 more"), "{offer}");
-        assert!(push_body("web", "b", &[], true).contains("held back as possible secrets"));
+        assert!(offer.contains("Commit message: **Add a page**"), "{offer}");
+        assert!(push_body("web", "b", &[], "t", true).contains("held back as possible secrets"));
     }
 
     #[test]

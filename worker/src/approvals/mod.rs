@@ -295,14 +295,18 @@ fn push_body(input: &Value) -> String {
         .cloned()
         .and_then(|f| serde_json::from_value(f).ok())
         .unwrap_or_default();
+    let flag = |key: &str| input.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let title = if flag("generated") {
+        crate::repo::plan::GENERATED_TITLE.to_owned()
+    } else {
+        crate::repo::plan::commit_title(text("request"))
+    };
     render::push_body(
         text("repo"),
         text("branch"),
         &files,
-        input
-            .get("confirm")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        &title,
+        flag("confirm"),
     )
 }
 

@@ -199,13 +199,7 @@ impl Author {
 pub fn commit_message(request: &str, thread: &ThreadId) -> String {
     let request = strip_markers(request);
     let mut lines = request.lines().map(str::trim).skip_while(|l| l.is_empty());
-    let first = lines.next().unwrap_or("");
-    let title = shorten(&collapse(first), TITLE_MAX);
-    let title = if title.is_empty() {
-        "Changes from Claude Code".to_owned()
-    } else {
-        title
-    };
+    let title = title_of(lines.next().unwrap_or(""));
     let body: Vec<&str> = lines.collect();
     let body = body.join("\n");
     // A body line that looks like a trailer would join the trailer block only if it
@@ -222,6 +216,49 @@ pub fn commit_message(request: &str, thread: &ThreadId) -> String {
         thread.as_str()
     ));
     message
+}
+
+/// The title [`commit_message`] makes of `request`.
+pub fn commit_title(request: &str) -> String {
+    let request = strip_markers(request);
+    title_of(
+        request
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or(""),
+    )
+}
+
+fn title_of(first: &str) -> String {
+    let title = shorten(&collapse(first), TITLE_MAX);
+    if title.is_empty() {
+        "Changes from Claude Code".to_owned()
+    } else {
+        title
+    }
+}
+
+/// The title of a commit of a session's generated files (the thread id follows).
+pub const GENERATED_TITLE: &str = "Add generated files from Claude Code";
+
+/// A reply that edits the commit message of the push waiting in the thread:
+/// `commit message: TEXT` (any case; TEXT may span lines), after mentions.
+pub fn edited_message(text: &str) -> Option<String> {
+    let mut rest = text.trim_start();
+    while rest.starts_with('@') {
+        rest = rest
+            .split_once(char::is_whitespace)
+            .map_or("", |(_, r)| r)
+            .trim_start();
+    }
+    const PREFIX: &str = "commit message:";
+    let head = rest.get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let message = rest[PREFIX.len()..].trim();
+    (!message.is_empty()).then(|| message.to_owned())
 }
 
 /// The title and description of the merge or pull request.

@@ -473,6 +473,10 @@ impl State {
             (_, "context") => Ok(Routed::Skip),
             (_, "side") => Ok(Routed::Done),
             (EventBody::Message(m), _) => {
+                if has_session && let Some(message) = crate::repo::plan::edited_message(&m.text) {
+                    self.edit_push_message(event, message).await?;
+                    return Ok(Routed::Done);
+                }
                 if let Some(command) = access::parse_message(&m.text, m.mentions_bot) {
                     self.command(event, command).await?;
                 } else if let Some(refusal) = access::refusal(

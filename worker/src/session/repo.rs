@@ -30,7 +30,8 @@ struct PushWhat {
 /// The commit of a session's generated files (the first seed's words).
 fn generated_message(thread: &proto::ThreadId) -> String {
     format!(
-        "Add generated files from Claude Code (Thread: {thread})\n\nCcfleet-Thread: {thread}\nCo-authored-by: Claude <noreply@anthropic.com>\n"
+        "{} (Thread: {thread})\n\nCcfleet-Thread: {thread}\nCo-authored-by: Claude <noreply@anthropic.com>\n",
+        plan::GENERATED_TITLE
     )
 }
 
@@ -221,6 +222,76 @@ impl State {
         if let Err(err) = self.execute(effects, None).await {
             tracing::warn!(error = %err.chain(), "could not offer a push");
         }
+    }
+
+    /// `commit message: …` while a push offer waits: it becomes the offer's request (the
+    /// commit's title and body), and the offer shows it. Only those who may push may.
+    pub(super) async fn edit_push_message(
+        &mut self,
+        event: &ChatEvent,
+        message: String,
+    ) -> Result<(), Error> {
+        let Some(row) = self.ctx.records.pending_push(self.thread.as_str()).await? else {
+            self.tell(
+                event,
+                render::repo_unusable("No push is waiting for a commit message here."),
+            )
+            .await;
+            return Ok(());
+        };
+        let owner = self
+            .live
+            .as_ref()
+            .map(|l| l.row.started_by.clone())
+            .or(self.row().await.map(|r| r.started_by))
+            .unwrap_or_default();
+        let approvers = self
+            .ctx
+            .directory
+            .approvers(&self.ctx.config.worker)
+            .await
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        if !approvals::may_answer(&owner, &approvers, event.user.id.as_str()) {
+            let name = self
+                .live
+                .as_ref()
+                .map(|l| l.row.started_by_name.clone())
+                .unwrap_or_default();
+            self.tell(event, render::not_an_approver(&name)).await;
+            return Ok(());
+        }
+        let mut input: serde_json::Value =
+            serde_json::from_str(&row.input).unwrap_or(serde_json::Value::Null);
+        input["request"] = serde_json::Value::String(message);
+        if !self
+            .ctx
+            .records
+            .set_approval_input(&row.approval_id, &input.to_string())
+            .await?
+        {
+            self.tell(
+                event,
+                render::already_answered(row.decided_by_name.as_deref()),
+            )
+            .await;
+            return Ok(());
+        }
+        let (text, buttons) = approvals::prompt(approvals::Kind::Push, "", &input, 0);
+        let effects = vec![Effect::Update {
+            post: approvals::state::post_of(&row),
+            text,
+            buttons: Some(approvals::Buttons {
+                approval: row.approval_id.clone(),
+                step: 0,
+                buttons,
+            }),
+        }];
+        if self.live.is_none() {
+            self.attach(event).await?;
+        }
+        self.execute(effects, Some(event)).await
     }
 
     /// Pushes someone asked for whose worker stopped before it told the thread how it

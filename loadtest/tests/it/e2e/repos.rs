@@ -247,6 +247,36 @@ async fn a_repository_session_pushes_its_changes_as_one_merge_request() {
 
     // A second change, pushed by reaction: the same merge request is updated.
     let second = turn_with_offer(&fleet, &root.id, "[[write:src/more.html]] one more page").await;
+    assert!(
+        second.message.contains("Commit message: **one more page**"),
+        "{}",
+        second.message
+    );
+    // The commit message is edited by replying before pushing (not sent to Claude).
+    let requests = fleet.model.message_requests().len();
+    fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "commit message: Add the second page\n\nLinked from the first.",
+            Some(&root.id),
+        )
+        .await
+        .unwrap();
+    eventually(TURN, "the offer shows the new message", || async {
+        let post = fleet.demo().get_post(&second.id).await.ok()?;
+        (post
+            .message
+            .contains("Commit message: **Add the second page**")
+            && has_buttons(&post))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        fleet.model.message_requests().len(),
+        requests,
+        "not a prompt"
+    );
     react_when_known(&fleet, &second, "+1").await;
     let updated = post_with(&fleet, &root.id, "Updated merge request").await;
     assert!(
@@ -259,6 +289,13 @@ async fn a_repository_session_pushes_its_changes_as_one_merge_request() {
         .git("team/web", &["rev-list", "--count", &branch])
         .unwrap();
     assert_eq!(count, "3", "seed, first push, second push");
+    let subject = forge
+        .git("team/web", &["log", "-1", "--format=%s|%b", &branch])
+        .unwrap();
+    assert!(
+        subject.starts_with("Add the second page|Linked from the first."),
+        "{subject}"
+    );
 
     // The branch is protected now: the push fails in plain words, nothing is claimed.
     forge.protect("team/web", &branch).unwrap();

@@ -251,3 +251,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reply_edits_the_commit_message_only_with_its_prefix() {
+    assert_eq!(
+        edited_message("commit message: Add the pricing page\n\nWith a table"),
+        Some("Add the pricing page\n\nWith a table".to_owned())
+    );
+    assert_eq!(
+        edited_message("@claude  Commit Message:  Fix it"),
+        Some("Fix it".to_owned())
+    );
+    assert_eq!(edited_message("commit message:   "), None);
+    assert_eq!(edited_message("please write a commit message: no"), None);
+    assert_eq!(edited_message("commit"), None);
+    assert_eq!(edited_message("ü"), None);
+    // The edited text makes the commit as a request would.
+    assert_eq!(
+        commit_title("Add the pricing page\n\nWith a table"),
+        "Add the pricing page"
+    );
+    assert_eq!(commit_title("[[write:x]]"), "Changes from Claude Code");
+}
+
+proptest::proptest! {
+    #[test]
+    fn an_edit_never_panics_and_keeps_what_follows_the_prefix(text in "\\PC{0,80}") {
+        if let Some(message) = edited_message(&text) {
+            proptest::prop_assert!(!message.is_empty());
+            proptest::prop_assert!(text.contains(message.as_str()));
+        }
+    }
+}
