@@ -289,7 +289,11 @@ pub enum Effect {
         username: String,
     },
     /// Let the session reach `host`: for its next request, or for the rest of the session.
+    /// A grant for one request is recorded delivered (`approval`) once the session's
+    /// egress gateway has it; one that found no live session is given when it starts
+    /// ([`Approvals::restore_domains`]).
     Grant {
+        approval: String,
         host: String,
         session_wide: bool,
     },
@@ -805,7 +809,8 @@ impl Approvals {
 
     /// The session's earlier answers about hosts (its `domain` approvals, from the
     /// record): what was allowed for the session is granted again, what was denied or is
-    /// still asked is not asked again. For a session made live, on any worker.
+    /// still asked is not asked again, and an "allow once" that no session got yet (it was
+    /// answered while none was live) is given now. For a session made live, on any worker.
     pub fn restore_domains(&mut self, rows: &[ApprovalRow]) -> Vec<Effect> {
         let mut effects = Vec::new();
         for row in rows.iter().filter(|r| r.kind == Kind::Domain.as_str()) {
@@ -815,10 +820,19 @@ impl Approvals {
                 "denied" => DomainState::Denied,
                 "allowed" if domain_scope(row) == Some(true) => {
                     effects.push(Effect::Grant {
+                        approval: row.approval_id.clone(),
                         host: host.clone(),
                         session_wide: true,
                     });
                     DomainState::Allowed
+                }
+                "allowed" if domain_scope(row) == Some(false) && !row.delivered => {
+                    effects.push(Effect::Grant {
+                        approval: row.approval_id.clone(),
+                        host,
+                        session_wide: false,
+                    });
+                    continue;
                 }
                 _ => continue,
             };
@@ -1387,6 +1401,7 @@ impl Approvals {
                 let state = match choice {
                     Choice::DomainOnce => {
                         effects.push(Effect::Grant {
+                            approval: approval.to_owned(),
                             host: host.clone(),
                             session_wide: false,
                         });
@@ -1394,6 +1409,7 @@ impl Approvals {
                     }
                     Choice::DomainSession => {
                         effects.push(Effect::Grant {
+                            approval: approval.to_owned(),
                             host: host.clone(),
                             session_wide: true,
                         });

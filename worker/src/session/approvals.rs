@@ -253,16 +253,24 @@ impl State {
                     }
                     Vec::new()
                 }
-                Effect::Grant { host, session_wide } => {
+                Effect::Grant {
+                    approval,
+                    host,
+                    session_wide,
+                } => {
                     let scope = if session_wide {
                         crate::egress::Scope::Session
                     } else {
                         crate::egress::Scope::Once
                     };
+                    // Without a live session, "once" waits in the record for the next start.
                     if let Some(session) = self.live.as_ref().and_then(|l| l.session.as_ref())
                         && let Some(egress) = session.egress()
                     {
                         egress.grant(session.id(), &host, scope);
+                        if !session_wide {
+                            let _ = self.ctx.records.mark_approval_delivered(&approval).await;
+                        }
                     }
                     Vec::new()
                 }

@@ -158,6 +158,9 @@ struct World {
     grants: Vec<(String, bool)>,
     /// Budget holds released: whether to go on.
     releases: Vec<bool>,
+    /// Whether the session is live: a grant for one request reaches it (and is recorded
+    /// delivered) only then.
+    live: bool,
     /// (who, request, confirmed) of each push carried out.
     pushes: Vec<(String, String, bool)>,
 }
@@ -185,6 +188,7 @@ impl World {
             grants: Vec::new(),
             releases: Vec::new(),
             pushes: Vec::new(),
+            live: true,
         }
     }
 
@@ -324,7 +328,18 @@ impl World {
                     }
                 }
                 Effect::Invite { username, .. } => self.invited.push(username),
-                Effect::Grant { host, session_wide } => self.grants.push((host, session_wide)),
+                Effect::Grant {
+                    approval,
+                    host,
+                    session_wide,
+                } => {
+                    if self.live {
+                        self.grants.push((host, session_wide));
+                        if !session_wide && let Some(row) = self.rows.get_mut(&approval) {
+                            row.delivered = true;
+                        }
+                    }
+                }
                 Effect::Release { go_on, .. } => self.releases.push(go_on),
                 Effect::Push {
                     approval,
@@ -820,9 +835,11 @@ fn a_session_made_live_again_gets_its_answers_back() {
     let rows: Vec<ApprovalRow> = w.rows.values().cloned().collect();
     let mut core = Approvals::new(THREAD, options());
     let effects = core.restore_domains(&rows);
+    let kept = w.domain_row("kept.test").remove(0);
     assert_eq!(
         effects,
         [Effect::Grant {
+            approval: kept.approval_id,
             host: "kept.test".into(),
             session_wide: true
         }]
@@ -832,6 +849,36 @@ fn a_session_made_live_again_gets_its_answers_back() {
     assert!(w.refused("no.test").is_empty());
     assert!(w.refused("open.test").is_empty(), "its prompt is still up");
     assert_eq!(w.refused("once.test").len(), 2);
+}
+
+#[test]
+fn allowed_once_while_no_session_is_live_is_given_at_the_next_start_once() {
+    let mut w = World::new();
+    w.refused("later.test");
+    let row = w.domain_row("later.test").remove(0);
+    // The session went to sleep before anyone answered; the answer comes now.
+    w.live = false;
+    w.answer(
+        "e1",
+        &row.approval_id,
+        alice(),
+        Via::Button("domainonce".into()),
+        Some(0),
+    );
+    assert!(w.grants.is_empty(), "nothing to give it to");
+    assert!(!w.rows[&row.approval_id].delivered);
+    // The session starts again (on any worker): the grant is given then, and only once.
+    let rows: Vec<ApprovalRow> = w.rows.values().cloned().collect();
+    let mut core = Approvals::new(THREAD, options());
+    w.live = true;
+    let effects = core.restore_domains(&rows);
+    w.core = core;
+    w.run(effects);
+    assert_eq!(w.grants, [("later.test".to_owned(), false)]);
+    assert!(w.rows[&row.approval_id].delivered);
+    let rows: Vec<ApprovalRow> = w.rows.values().cloned().collect();
+    let mut core = Approvals::new(THREAD, options());
+    assert!(core.restore_domains(&rows).is_empty(), "given once");
 }
 
 #[test]
