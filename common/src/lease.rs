@@ -32,7 +32,9 @@ pub fn renew_every(ttl: Duration) -> Duration {
 
 /// Renews `key` (held at `revision`, written as `value`) every `every` until `stop`.
 ///
-/// Returns `Ok(())` once `stop` is cancelled, without writing the key again. If a renewal
+/// Returns the revision it last wrote once `stop` is cancelled, without writing the key
+/// again (an owner that must be sure it still holds the lease before acting on it renews
+/// once more at that revision). If a renewal
 /// is refused, cancels `lost` at once (so whatever the lease guards can stop before the
 /// error is handled) and returns the refusal. A renewal in flight when `stop` fires is
 /// finished first, so when this returns no write of it is still under way (the owner may
@@ -45,11 +47,11 @@ pub async fn keep(
     every: Duration,
     stop: &CancellationToken,
     lost: &CancellationToken,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => return Ok(revision),
             () = tokio::time::sleep(every) => {}
         }
         match kv.update(key, value.clone(), revision).await {

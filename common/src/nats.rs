@@ -45,7 +45,7 @@ pub enum Error {
 }
 
 /// Connects with unbounded reconnects; the first connection is retried until
-/// `connect_timeout_ms` has passed. Pins the wire version this process writes
+/// `connect_timeout_ms` has passed. `nats.url` may list several servers, comma-separated. Pins the wire version this process writes
 /// (`nats.wire_version`).
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
     proto::pin_write_version(config.wire_version).map_err(Error::WireVersion)?;
@@ -62,7 +62,10 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
             }
         });
     let url = config.url.clone();
-    let connect = options.connect(url.as_str());
+    // A cluster's nodes, comma-separated: the client takes each as a server to try (as one
+    // string it is a single URL with an invalid port).
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    let connect = options.connect(servers);
     // retry_on_initial_connect returns at once and connects in the background; bound it.
     let client = connect.await.map_err(|source| Error::Connect {
         url: url.clone(),

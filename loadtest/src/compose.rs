@@ -150,6 +150,11 @@ impl ComposeFleet {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.program[0]);
         command.args(&self.program[1..]);
+        // Profiles are read from the environment (docker-compose 1.x does not read them
+        // from the env file).
+        if let Some(profiles) = self.env.get("COMPOSE_PROFILES") {
+            command.env("COMPOSE_PROFILES", profiles);
+        }
         command.args(["-p", &self.project, "--env-file"]);
         command.arg(&self.env_file);
         for file in &self.files {

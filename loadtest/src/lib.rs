@@ -2,6 +2,7 @@
 //! API, scripted users, and the `bench` scenarios.
 
 pub mod bench;
+pub mod chaos;
 pub mod chat;
 pub mod compose;
 pub mod doubles;

@@ -39,6 +39,10 @@ enum Command {
     /// Garage, Mattermost, NATS and PostgreSQL outages and a worker SIGKILL while users
     /// talk to it; prints one JSON line (lost, duplicated, stuck, notices).
     Faults(loadtest::faults::run::Args),
+    /// Run a containerized fleet (2 gateways, 3 workers, 3 NATS nodes) through a seeded
+    /// schedule of kills, pauses, partitions, outages and Mattermost storms while users
+    /// talk to it; prints one JSON line (lost, duplicated, out_of_order, stuck, recovery).
+    Chaos(loadtest::chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Chat(command) => loadtest::chat::cli_main(command),
         Command::Bench(command) => loadtest::bench::cli_main(command, config),
         Command::Faults(command) => loadtest::faults::run::cli_main(command),
+        Command::Chaos(command) => loadtest::chaos::cli_main(command),
     }
 }

@@ -213,3 +213,26 @@ async fn the_claim_consumer_exists_before_any_worker_and_counts_the_queue() {
     // And a second start of the fabric keeps it.
     ensure_fabric(&client, &topology(&env)).await.unwrap();
 }
+
+/// `nats.url` may list a cluster's nodes, comma-separated (deploy/compose/env.example's
+/// cluster profile): each is a server to try, not one malformed URL. Found by the chaos
+/// run, whose fleet could not start with the documented setting.
+#[tokio::test]
+async fn a_comma_separated_url_lists_the_servers_to_try() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.nats.clone();
+    let real = config.url.clone();
+    // A node that is down first: the client goes on to the next.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("nats://{}", down.local_addr().unwrap());
+    drop(down);
+    config.url = format!("{dead}, {real}");
+    let client = common::nats::connect(&config, "cluster-list")
+        .await
+        .expect("connects through the list");
+    client.flush().await.unwrap();
+    assert_eq!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+}

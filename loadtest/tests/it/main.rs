@@ -4,6 +4,7 @@
 //! Prometheus scraping a running fleet (`observability`).
 
 mod bench;
+mod chaos;
 mod compose;
 mod e2e;
 mod fake_model;

@@ -616,8 +616,11 @@ impl DockerRuntime {
         let id = &spec.session_id;
         let pool_id = session.id().clone();
         let pool_name = container_name(&pool_id);
-        let running = match self.docker.inspect_container(&pool_name, None).await {
-            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
+        let (running, container) = match self.docker.inspect_container(&pool_name, None).await {
+            Ok(info) => (
+                info.state.and_then(|s| s.running).unwrap_or(false),
+                info.id.unwrap_or_else(|| pool_name.clone()),
+            ),
             Err(err) => {
                 return Err((
                     docker_error("inspect_container", &pool_id)(err),
@@ -645,16 +648,17 @@ impl DockerRuntime {
         }
         self.egress.rename(&pool_id, id);
         session.id = id.clone();
+        // By id, as a cold start (see `start_cold`).
         session.files = SessionFiles {
             session: id.clone(),
             files: Files::Container {
                 docker: self.docker.clone(),
-                container: name.clone(),
+                container: container.clone(),
             },
         };
         session.life = Lifecycle::Docker(ContainerLife {
             docker: self.docker.clone(),
-            container: name,
+            container,
             runtime: self.clone(),
             pool_volume: Some(volume_name(&pool_id)),
         });
@@ -689,8 +693,10 @@ impl DockerRuntime {
             .await
             .map_err(docker_error("create_container", &id));
         drop(token);
+        // Addressed by its id from here on, never by its name: a successor that fenced this
+        // session starts a container of the same name, which a stale handle must not touch.
         let started = match created {
-            Ok(_) => self.attach_and_start(&spec, &name).await,
+            Ok(created) => self.attach_and_start(&spec, &created.id).await,
             Err(err) => Err(err),
         };
         match started {

@@ -154,7 +154,7 @@ impl ThreadActor {
         // actor — even an abort — ends the renewals too.
         let key = self.thread.to_string();
         let keeper = async {
-            if let Err(err) = common::lease::keep(
+            match common::lease::keep(
                 &self.ctx.fabric.leases,
                 &key,
                 self.ctx.id.to_string().into(),
@@ -165,7 +165,11 @@ impl ThreadActor {
             )
             .await
             {
-                tracing::warn!(thread = %key, error = &err as &dyn std::error::Error, "lease lost");
+                Ok(revision) => Some(revision),
+                Err(err) => {
+                    tracing::warn!(thread = %key, error = &err as &dyn std::error::Error, "lease lost");
+                    None
+                }
             }
         };
         // Context for the actor's log lines only: exported, it would make one trace of the
@@ -193,8 +197,28 @@ impl ThreadActor {
             stop_keeper.cancel();
             exit
         };
-        let (exit, ()) = tokio::join!(serve, keeper);
-        if !matches!(exit, ActorExit::LeaseLost) {
+        let (exit, held) = tokio::join!(serve, keeper);
+        // The actor can end (its consumer deleted, its agent gone) before the keeper saw the
+        // lease go: a worker frozen past the TTL wakes to both at once. Releasing writes
+        // the thread's record, consumer and lease, which are then the successor's: renew
+        // once more first, and release only what is still ours.
+        let still_ours = match held {
+            Some(revision) if !matches!(exit, ActorExit::LeaseLost) => self
+                .ctx
+                .fabric
+                .leases
+                .update(&key, self.ctx.id.to_string().into(), revision)
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if !still_ours && !matches!(exit, ActorExit::LeaseLost) {
+            tracing::warn!(thread = %key, "lease lost while the actor ended; not releasing");
+            // Whoever holds the thread now keeps it; a thread nobody holds is claimed.
+            let dedupe = format!("requeue:{key}:{}", common::now_ms());
+            let _ = crate::claim::queue::enqueue(&self.ctx, &self.thread, &dedupe).await;
+        }
+        if still_ours {
             Box::pin(state.release(&exit)).await;
         } else if let Some(live) = state.live.take()
             && let Some(session) = live.session

@@ -186,3 +186,55 @@ async fn killed_mid_turn_side_effect_happens_once(runtime: RuntimeKind) {
 async fn a_process_cli_of_a_killed_worker_is_stopped_before_the_new_owner_runs_its_turn() {
     killed_mid_turn_side_effect_happens_once(RuntimeKind::Process).await;
 }
+
+/// A worker frozen past its lease (SIGSTOP) wakes to find its thread's consumer gone — the
+/// successor recreated it — before its own lease keeper noticed that the lease moved on.
+/// It must not release the thread: the lease, the record and the consumer are the
+/// successor's. (Found by `loadtest chaos`: the woken worker deleted its successor's
+/// lease and consumer, and removed its container.) Frozen here by taking the lease and
+/// deleting the consumer under a running turn, as the successor does.
+#[tokio::test]
+async fn a_worker_that_lost_its_thread_while_frozen_does_not_release_it() {
+    let env = TestEnv::new().await;
+    let fleet = fleet_with(&env, 1, 2, RuntimeKind::Process, "default", |config| {
+        // Renewals every 30 s: the consumer's end is seen well before the next one.
+        config.worker.lease_ttl_s = 90;
+    })
+    .await;
+    let root = fleet
+        .demo()
+        .post(
+            fleet.channel_id(),
+            "@claude [[slow:20000]] [[long:400]] take your time",
+            None,
+        )
+        .await
+        .unwrap();
+    session_id(&env, &root.id).await;
+    super::support::wait_for_post(&fleet, &root.id, TURN, "the answer streaming", |p| {
+        p.message.len() > 40 && !p.message.contains("Claude Code session")
+    })
+    .await;
+    let nats = async_nats::connect(fleet.config.nats.url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let names = proto::names::Names::new(fleet.config.nats.prefix.clone());
+    let leases = js.get_key_value(names.leases_bucket()).await.unwrap();
+    leases.put(&root.id, "successor".into()).await.unwrap();
+    let events = js.get_stream(names.events_stream()).await.unwrap();
+    events
+        .delete_consumer(&names.thread_consumer(&proto::ThreadId::from(root.id.as_str())))
+        .await
+        .unwrap();
+    // Whatever the worker does on waking, within a few seconds (a deadline, not a poll:
+    // the test is that nothing happens to the successor's lease).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let holder = leases.get(&root.id).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some(&b"successor"[..]),
+        "the successor's lease was touched"
+    );
+    fleet.stop().await;
+}

@@ -127,13 +127,17 @@ async fn a_warm_container_serves_a_new_session_and_is_replaced() {
     let mut session = h.runtime.start(spec.clone()).await.unwrap();
     assert_eq!(rt.pool_metrics().hits.get(), 1);
     // It carries the session's name, and works: a full turn against the fake model.
+    // (The handle addresses it by id: see a_stale_owner_s_handle_leaves_…)
     let container = session.files().container().unwrap().to_owned();
-    assert_eq!(container, format!("ccfleet-{}", spec.session_id));
     let info = rt
         .client()
         .inspect_container(&container, None::<InspectContainerOptions>)
         .await
         .unwrap();
+    assert_eq!(
+        info.name.as_deref(),
+        Some(format!("/ccfleet-{}", spec.session_id).as_str())
+    );
     let labels = info.config.unwrap().labels.unwrap();
     assert_eq!(
         labels.get(worker::runtime::LABEL_POOL).map(String::as_str),
@@ -383,6 +387,36 @@ async fn a_dead_worker_s_containers_are_fenced_and_cleaned_up_by_another_worker(
     );
     dead.remove_data(&id).await.unwrap();
     dead.remove_data(&left_id).await.unwrap();
+}
+
+/// A worker frozen past its lease (SIGSTOP, a long GC pause) still holds its session's
+/// handle when it wakes; its successor has fenced the session and started a container of
+/// the same name. Ending the stale handle (as a lost lease does) must leave the
+/// successor's container running (found by `loadtest chaos`: the woken worker removed
+/// its successor's container by name and cut its turn).
+#[tokio::test]
+async fn a_stale_owner_s_handle_leaves_its_successor_s_container_alone() {
+    let h = Harness::docker(None).await;
+    let stale_id = format!("it-stale-{}", uuid::Uuid::new_v4().simple());
+    let stale = h.docker_sibling(&stale_id).await;
+    let spec = h.spec();
+    let old = stale.start(spec.clone()).await.unwrap();
+    let id = old.id().clone();
+    assert_eq!(h.runtime.fence(&id).await.unwrap(), 1);
+    let mut new = h.runtime.start(spec).await.unwrap();
+    let successor = new.files().container().unwrap().to_owned();
+    old.kill().await.unwrap();
+    let info = docker_of(&h)
+        .client()
+        .inspect_container(&successor, None::<InspectContainerOptions>)
+        .await
+        .expect("the successor's container still exists");
+    assert_eq!(info.state.and_then(|s| s.running), Some(true));
+    new.agent_handle().send_message("hello").await.unwrap();
+    let (_, result) = turn_result(new.agent()).await;
+    assert!(!result.is_error, "{result:#?}");
+    new.stop().await.unwrap();
+    h.runtime.remove_data(&id).await.unwrap();
 }
 
 /// A deployment only names the session network (`worker.network`): the first worker to
