@@ -114,15 +114,7 @@ impl State {
             })?;
         let tree = dir.path().join("tree");
         let started = std::time::Instant::now();
-        let co = repo
-            .checkout(
-                dir.path().join("git"),
-                tree.clone(),
-                &branch,
-                None,
-                None,
-                true,
-            )
+        let co = clone_into(repo, dir.path(), &branch)
             .await
             .map_err(|f| failed(f.plain_words(&name, &branch)))?;
         let start = co
@@ -453,15 +445,7 @@ impl State {
             // session's files copied over it.
             Some(files) => {
                 let tree = dir.path().join("tree");
-                let co = repo
-                    .checkout(
-                        dir.path().join("git"),
-                        tree.clone(),
-                        &branch,
-                        None,
-                        None,
-                        true,
-                    )
+                let co = clone_into(repo, dir.path(), &branch)
                     .await
                     .map_err(|f| failed(f.plain_words(&name, &branch)))?;
                 let files = files.clone();
@@ -607,6 +591,17 @@ impl State {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("The session's files could not be unpacked: {e}."))
     }
+}
+
+/// `branch` of `repo` (else its base) with its files written out: the repository in
+/// `dir/git`, the files in `dir/tree`.
+async fn clone_into(
+    repo: &crate::repo::Repo,
+    dir: &std::path::Path,
+    branch: &str,
+) -> Result<crate::repo::Checkout, plan::Failure> {
+    repo.checkout(dir.join("git"), dir.join("tree"), branch, None, None, true)
+        .await
 }
 
 /// Copies `files` (workspace paths) from `workspace` into `tree`, never through a link:

@@ -11,14 +11,11 @@ use loadtest::mmsim::client::EventKind;
 use loadtest::mmsim::model::Post;
 
 use super::support::{
-    answers, bot_posts, eventually, fleet, fleet_with, is_answer, member, wait_for_post,
+    answers, bot_posts, eventually, fleet, fleet_with, has_buttons, is_answer, member,
+    wait_for_post,
 };
 
 const TURN: Duration = Duration::from_secs(90);
-
-fn has_buttons(post: &Post) -> bool {
-    !post.actions().is_empty()
-}
 
 fn action_ids(post: &Post) -> Vec<String> {
     post.actions()

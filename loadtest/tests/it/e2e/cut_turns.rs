@@ -7,8 +7,8 @@ use std::time::Duration;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 
-use super::fencing::{allowing, session_id};
-use super::support::{bot_posts, fleet};
+use super::fencing::allowing;
+use super::support::{bot_posts, fleet, session_id};
 
 const TURN: Duration = Duration::from_secs(120);
 /// How often a turn is started before its prompt is given up (`session::MAX_TURN_STARTS`).

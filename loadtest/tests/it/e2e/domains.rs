@@ -13,12 +13,11 @@ use base64::Engine;
 use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
-use loadtest::mmsim::client::EventKind;
 use loadtest::mmsim::model::Post;
 
 use super::support::{
-    Probe, REPLY, answers, bot_posts, eventually, fleet_with, member, react_when_known,
-    wait_for_post,
+    Probe, REPLY, answers, bot_posts, eventually, fleet_with, has_buttons, member,
+    react_when_known, refused_privately, wait_for_post,
 };
 
 const TURN: Duration = Duration::from_secs(240);
@@ -58,19 +57,6 @@ async fn fetched(fleet: &LocalFleet, name: &str) -> String {
 fn is_domain_prompt(host: SocketAddr) -> impl Fn(&Post) -> bool {
     let text = format!("Claude wants to reach `{host}`");
     move |p: &Post| p.message.contains(&text)
-}
-
-fn has_buttons(post: &Post) -> bool {
-    post.props
-        .get("attachments")
-        .and_then(|a| a.as_array())
-        .is_some_and(|a| {
-            a.iter().any(|att| {
-                att.get("actions")
-                    .and_then(|x| x.as_array())
-                    .is_some_and(|x| !x.is_empty())
-            })
-        })
 }
 
 async fn domain_rows(env: &TestEnv, thread: &str) -> Vec<(String, String, Option<String>)> {
@@ -139,19 +125,7 @@ async fn a_refused_host_is_asked_about_in_the_thread_and_the_answer_holds() {
     .await;
 
     // Bob may not answer: told so, privately; the host stays refused.
-    let mut bob_events = bob.websocket().await.unwrap();
-    bob.click(&prompt.id, "domainsession").await.unwrap();
-    let note = bob_events
-        .wait_for(Duration::from_secs(30), |e| {
-            e.kind() == EventKind::EphemeralMessage
-        })
-        .await
-        .expect("an ephemeral note to bob");
-    assert!(
-        note.post().unwrap().message.contains("Only @alice"),
-        "{:?}",
-        note.post()
-    );
+    refused_privately(&bob, &prompt.id, "domainsession", "alice").await;
     assert!(has_buttons(
         &fleet.demo().get_post(&prompt.id).await.unwrap()
     ));

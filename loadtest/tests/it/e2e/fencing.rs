@@ -8,7 +8,7 @@ use common::config::RuntimeKind;
 use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
 
-use super::support::{answers, bot_posts, eventually, fleet_with};
+use super::support::{answers, bot_posts, eventually, fleet_with, session_id};
 
 const TURN: Duration = Duration::from_secs(120);
 /// How long the turn's command sleeps before its side effect.
@@ -34,22 +34,6 @@ pub(super) async fn allowing<T>(
             let _ = fleet.demo().click(&prompt.id, "allow").await;
         }
         check().await
-    })
-    .await
-}
-
-pub(super) async fn session_id(env: &TestEnv, root: &str) -> String {
-    let pool = env.pool();
-    eventually(TURN, "the session's record", || async {
-        let client = pool.get().await.unwrap();
-        client
-            .query_opt(
-                "SELECT session_id FROM sessions WHERE thread_id = $1",
-                &[&root],
-            )
-            .await
-            .unwrap()
-            .map(|row| row.get::<_, String>(0))
     })
     .await
 }

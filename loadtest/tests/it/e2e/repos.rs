@@ -15,13 +15,12 @@ use common::config::{RepoProvider, RepositoryConfig, RuntimeKind, Secret};
 use common::testsupport::TestEnv;
 use loadtest::fleet::LocalFleet;
 use loadtest::forge::{Forge, Kind, Options};
-use loadtest::mmsim::client::EventKind;
 use loadtest::mmsim::model::Post;
 use tokio_util::sync::CancellationToken;
 
 use super::support::{
-    answers, bot_posts, eventually, fleet_with, member, react_when_known, skip_unless_ci,
-    wait_for_post,
+    answers, bot_posts, eventually, fleet_with, has_buttons, member, react_when_known,
+    refused_privately, session_id, skip_unless_ci, wait_for_post,
 };
 
 const TURN: Duration = Duration::from_secs(240);
@@ -46,19 +45,6 @@ fn repository(forge: &Forge, name: &str, project: &str, token: &str) -> Reposito
 
 fn is_push_offer(post: &Post) -> bool {
     post.message.contains("to `web`?") && has_buttons(post)
-}
-
-fn has_buttons(post: &Post) -> bool {
-    post.props
-        .get("attachments")
-        .and_then(|a| a.as_array())
-        .is_some_and(|a| {
-            a.iter().any(|att| {
-                att.get("actions")
-                    .and_then(|x| x.as_array())
-                    .is_some_and(|x| !x.is_empty())
-            })
-        })
 }
 
 /// The push offers shown so far in the thread (answered or not).
@@ -195,19 +181,7 @@ async fn a_repository_session_pushes_its_changes_as_one_merge_request() {
     );
 
     // Bob is neither the owner nor an approver: told so, privately; nothing is pushed.
-    let mut bob_events = bob.websocket().await.unwrap();
-    bob.click(&offer.id, "push").await.unwrap();
-    let note = bob_events
-        .wait_for(Duration::from_secs(30), |e| {
-            e.kind() == EventKind::EphemeralMessage
-        })
-        .await
-        .expect("an ephemeral note to bob");
-    assert!(
-        note.post().unwrap().message.contains("Only @alice"),
-        "{:?}",
-        note.post()
-    );
+    refused_privately(&bob, &offer.id, "push", "alice").await;
 
     // The owner pushes: one commit by her on the session's branch, one merge request.
     fleet.demo().click(&offer.id, "push").await.unwrap();
@@ -375,15 +349,8 @@ async fn a_repository_session_pushes_its_changes_as_one_merge_request() {
     );
 
     // The session's container never saw the token.
+    let session = session_id(&env, &root.id).await;
     let client = env.pool().get().await.unwrap();
-    let session: String = client
-        .query_one(
-            "SELECT session_id FROM sessions WHERE thread_id = $1",
-            &[&root.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
     let inspect = std::process::Command::new("docker")
         .args(["inspect", &format!("ccfleet-{session}")])
         .output()

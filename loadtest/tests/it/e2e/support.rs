@@ -257,3 +257,46 @@ impl Drop for Probe {
         self.task.abort();
     }
 }
+
+/// Whether the post shows buttons.
+pub fn has_buttons(post: &Post) -> bool {
+    !post.actions().is_empty()
+}
+
+/// The thread's session id, once its record exists.
+pub async fn session_id(env: &TestEnv, root: &str) -> String {
+    let pool = env.pool();
+    eventually(Duration::from_secs(120), "the session's record", || async {
+        let client = pool.get().await.unwrap();
+        client
+            .query_opt(
+                "SELECT session_id FROM sessions WHERE thread_id = $1",
+                &[&root],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get::<_, String>(0))
+    })
+    .await
+}
+
+/// `user` clicks `action` on `post` but may not answer it: told so privately, naming the
+/// session's owner.
+pub async fn refused_privately(user: &User, post: &str, action: &str, owner: &str) {
+    let mut events = user.websocket().await.unwrap();
+    user.click(post, action).await.unwrap();
+    let note = events
+        .wait_for(Duration::from_secs(30), |e| {
+            e.kind() == loadtest::mmsim::client::EventKind::EphemeralMessage
+        })
+        .await
+        .expect("an ephemeral note");
+    assert!(
+        note.post()
+            .unwrap()
+            .message
+            .contains(&format!("Only @{owner}")),
+        "{:?}",
+        note.post()
+    );
+}
