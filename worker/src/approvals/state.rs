@@ -503,6 +503,30 @@ fn progress(row: &ApprovalRow) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Stores `status` and `answer` (JSON) for `row`, decided by `user` via a button or a
+/// reaction.
+fn decide(
+    row: &ApprovalRow,
+    user: &Person,
+    via: &'static str,
+    status: &'static str,
+    answer: String,
+) -> Effect {
+    Effect::Decide {
+        approval: row.approval_id.clone(),
+        status,
+        answer,
+        user_id: user.id.clone(),
+        username: user.name.clone(),
+        via,
+    }
+}
+
+/// A prompt no CLI request waits for, with its verdict under it.
+fn verdict_under(kind: Kind, input: &Value, verdict: &Verdict<'_>) -> String {
+    render::with_footer(&body(kind, "", input), &render::verdict(verdict))
+}
+
 fn input_of(row: &ApprovalRow) -> Value {
     serde_json::from_str(&row.input).unwrap_or(Value::Null)
 }
@@ -1028,16 +1052,8 @@ impl Approvals {
                 Choice::BudgetStop => ("denied", Verdict::BudgetStopped { by }),
                 _ => return Vec::new(),
             };
-            let text =
-                render::with_footer(&body(Kind::Budget, "", &input), &render::verdict(&verdict));
-            let decide = Effect::Decide {
-                approval: row.approval_id.clone(),
-                status,
-                answer: serde_json::json!({ "top_up": if choice == Choice::BudgetContinue { amount } else { 0.0 } }).to_string(),
-                user_id: user.id.clone(),
-                username: user.name.clone(),
-                via,
-            };
+            let text = verdict_under(Kind::Budget, &input, &verdict);
+            let decide = decide(row, user, via, status, serde_json::json!({ "top_up": if choice == Choice::BudgetContinue { amount } else { 0.0 } }).to_string());
             return self.deciding(
                 Some(&answer.event_id),
                 decide,
@@ -1058,16 +1074,14 @@ impl Approvals {
                 Choice::PushSkip => ("denied", Verdict::PushDeclined { by }),
                 _ => return Vec::new(),
             };
-            let text =
-                render::with_footer(&body(Kind::Push, "", &input), &render::verdict(&verdict));
-            let decide = Effect::Decide {
-                approval: row.approval_id.clone(),
-                status,
-                answer: serde_json::json!({ "push": choice == Choice::Push }).to_string(),
-                user_id: user.id.clone(),
-                username: user.name.clone(),
+            let text = verdict_under(Kind::Push, &input, &verdict);
+            let decide = decide(
+                row,
+                user,
                 via,
-            };
+                status,
+                serde_json::json!({ "push": choice == Choice::Push }).to_string(),
+            );
             return self.deciding(
                 Some(&answer.event_id),
                 decide,
@@ -1088,16 +1102,14 @@ impl Approvals {
                 Choice::DomainDeny => ("denied", "deny", Verdict::DomainDenied { by }),
                 _ => return Vec::new(),
             };
-            let text =
-                render::with_footer(&body(Kind::Domain, "", &input), &render::verdict(&verdict));
-            let decide = Effect::Decide {
-                approval: row.approval_id.clone(),
-                status,
-                answer: serde_json::json!({ "scope": scope }).to_string(),
-                user_id: user.id.clone(),
-                username: user.name.clone(),
+            let text = verdict_under(Kind::Domain, &input, &verdict);
+            let decide = decide(
+                row,
+                user,
                 via,
-            };
+                status,
+                serde_json::json!({ "scope": scope }).to_string(),
+            );
             return self.deciding(
                 Some(&answer.event_id),
                 decide,
@@ -1119,16 +1131,8 @@ impl Approvals {
                     Choice::GuestDeny => ("denied", Verdict::GuestDenied { by }),
                     _ => return Vec::new(),
                 };
-                let text =
-                    render::with_footer(&body(Kind::Guest, "", &input), &render::verdict(&verdict));
-                let decide = Effect::Decide {
-                    approval: row.approval_id.clone(),
-                    status,
-                    answer: "{}".into(),
-                    user_id: user.id.clone(),
-                    username: user.name.clone(),
-                    via,
-                };
+                let text = verdict_under(Kind::Guest, &input, &verdict);
+                let decide = decide(row, user, via, status, "{}".into());
                 return self.deciding(
                     Some(&answer.event_id),
                     decide,
