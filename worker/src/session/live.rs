@@ -72,7 +72,11 @@ impl State {
         self.turns_done = row.turns;
         let session_id = SessionId::new(row.session_id.clone());
         let participants = records.participants(thread).await.unwrap_or_default();
-        let repo = records.session_repo(thread).await?;
+        // A fleet without repositories has no session with one: no query for it.
+        let repo = match ctx.repos.is_empty() {
+            true => None,
+            false => records.session_repo(thread).await?,
+        };
         if self.live.is_none() {
             let mut replies = Replies::resume(
                 &ctx.fabric,

@@ -289,6 +289,9 @@ impl State {
     /// Pushes someone asked for whose worker stopped before it told the thread how it
     /// went: done now, by this worker.
     pub(super) async fn finish_pushes(&mut self) {
+        if self.ctx.repos.is_empty() {
+            return;
+        }
         let rows = match self
             .ctx
             .records
